@@ -1,0 +1,70 @@
+"""`echo-nemo`: one entry point, thin.
+
+Each subcommand lives beside the code it drives, in a module with a
+`register(subparsers)` function that adds its parser and sets `func`. Those modules
+import only argparse-level things at the top; heavy imports (torch, megatron) happen
+inside the handlers, so `echo-nemo --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from echo_nemo.errors import EXIT_BAD_INPUT, UserError
+
+# (subcommand, module providing `register`) in the order `--help` lists them.
+COMMANDS: list[tuple[str, str]] = [
+    ("quickstart", "echo_nemo.quickstart"),
+    ("model", "echo_nemo.model.cli"),
+    ("tokenizer", "echo_nemo.data.tokenizer_cli"),
+    ("data", "echo_nemo.data.cli"),
+    ("pretrain", "echo_nemo.train.cli"),
+    ("rl", "echo_nemo.rl.cli"),
+    ("reward", "echo_nemo.reward.cli"),
+    ("eval", "echo_nemo.eval.cli"),
+    ("report", "echo_nemo.report.cli"),
+    ("export", "echo_nemo.export.cli"),
+    ("import", "echo_nemo.export.cli_import"),
+    ("sweep", "echo_nemo.launch.cli"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="echo-nemo",
+        description="Pretrain GPT models on open math data, RL fine-tune them, and measure "
+        "which solution formats RL amplifies.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for _name, module in COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:  # not written yet: leave it out of the CLI
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT if args.command is None else 0
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"echo-nemo: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("echo-nemo: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Typed configs: YAML recipes with `defaults:` inheritance and dotted overrides.
+
+Every component owns a dataclass schema (e.g. `echo_nemo.train.config.PretrainConfig`).
+A recipe is a YAML file validated against one schema:
+
+    defaults: [../base/tiny.yaml]     # merged first, in order, paths relative to this file
+    train: {steps: 200}
+
+`load_recipe(Schema, path, ["train.lr=3e-4"])` merges defaults, the file, then the
+overrides into an OmegaConf structured config, resolves interpolations and returns a
+real dataclass instance. Unknown keys and wrong types raise `UserError` naming the file
+(or the override), the key and what was expected, so the CLI exits 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from echo_nemo.errors import UserError
+
+T = TypeVar("T")
+
+# Recipe folders -> the schema their YAML files validate against (imported lazily so
+# that `echo-nemo --help` does not import torch).
+RECIPE_SCHEMAS: dict[str, str] = {
+    "data": "echo_nemo.data.config:DataRecipe",
+    "pretrain": "echo_nemo.train.config:PretrainConfig",
+    "rl": "echo_nemo.rl.config:RLConfig",
+    "eval": "echo_nemo.eval.config:EvalConfig",
+    "sweeps": "echo_nemo.launch.config:SweepConfig",
+}
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPES_DIR = REPO_ROOT / "recipes"
+
+
+def import_object(dotted: str) -> Any:
+    """Import `package.module:attr`."""
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def schema_for_recipe(path: str | os.PathLike) -> type:
+    """The schema of a recipe, chosen by the recipes/<kind>/ folder it lives in."""
+    parts = Path(path).resolve().parts
+    for kind, dotted in RECIPE_SCHEMAS.items():
+        if "recipes" in parts and kind in parts[parts.index("recipes") :]:
+            return import_object(dotted)
+    raise UserError(
+        f"cannot tell the kind of recipe {str(path)!r}: expected it under "
+        f"recipes/<{'|'.join(RECIPE_SCHEMAS)}>/"
+    )
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise UserError(f"recipe not found: {str(path)!r} (expected a YAML file)")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # yaml.YAMLError and friends
+        raise UserError(f"recipe {str(path)!r} is not valid YAML: {e}") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"recipe {str(path)!r} must be a mapping at the top level")
+    return cfg
+
+
+def _expand_defaults(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """The chain of (source name, config) to merge, base files first."""
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"recipe {str(path)!r} includes itself through `defaults`")
+    cfg = _read_yaml(path)
+    chain: list[tuple[str, DictConfig]] = []
+    defaults = cfg.pop("defaults", None)
+    if defaults is not None:
+        if isinstance(defaults, str):
+            defaults = [defaults]
+        for entry in defaults:
+            base = Path(str(entry))
+            if not base.suffix:
+                base = base.with_suffix(".yaml")
+            if not base.is_absolute():
+                base = path.parent / base
+            if not base.is_file():
+                raise UserError(
+                    f"recipe {str(path)!r}: defaults entry {str(entry)!r} not found "
+                    f"(looked for {str(base)!r})"
+                )
+            chain.extend(_expand_defaults(base, seen + (path,)))
+    chain.append((f"recipe {str(path)!r}", cfg))
+    return chain
+
+
+def _valid_keys(schema: type, dotted: str) -> list[str]:
+    """Valid keys at the level of `dotted` in the schema (for 'did you mean')."""
+    cls: Any = schema
+    for part in dotted.split(".")[:-1]:
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if part not in fields:
+            return []
+        cls = fields[part].type
+        if isinstance(cls, str):  # postponed annotations
+            cls = _resolve_annotation(schema, cls)
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def _resolve_annotation(schema: type, name: str) -> Any:
+    import sys
+    import typing
+
+    module = sys.modules[schema.__module__]
+    try:
+        return typing.get_type_hints(schema, vars(module)).get(name, name)
+    except Exception:
+        return getattr(module, name, name)
+
+
+def _explain(e: OmegaConfBaseException, source: str, schema: type) -> UserError:
+    key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
+    if isinstance(e, ConfigKeyError):
+        valid = _valid_keys(schema, str(key))
+        close = difflib.get_close_matches(str(key).split(".")[-1], valid, n=1)
+        hint = f"; did you mean {'.'.join(str(key).split('.')[:-1] + close[:1])!r}?" if close else ""
+        known = f" (valid keys here: {', '.join(valid)})" if valid else ""
+        return UserError(f"{source}: unknown config key {str(key)!r}{hint}{known}")
+    if isinstance(e, ValidationError):
+        msg = (getattr(e, "msg", None) or str(e)).splitlines()[0]
+        return UserError(f"{source}: wrong type for config key {str(key)!r}: {msg}")
+    return UserError(f"{source}: invalid config at {str(key)!r}: {str(e).splitlines()[0]}")
+
+
+def compose(schema: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> DictConfig:
+    """Merge schema defaults, the recipe chain and dotted overrides; validate each step."""
+    cfg = OmegaConf.structured(schema)
+    chain = _expand_defaults(Path(path)) if path is not None else []
+    for source, part in chain:
+        try:
+            cfg = OmegaConf.merge(cfg, part)
+        except OmegaConfBaseException as e:
+            raise _explain(e, source, schema) from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key=value (e.g. train.lr=3e-4)")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, f"override {item!r}", schema) from None
+    return cfg
+
+
+def load_recipe(schema: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> T:
+    """Load a recipe into a typed, resolved dataclass instance (see module docstring)."""
+    cfg = compose(schema, path, overrides)
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _explain(e, f"recipe {str(path)!r}", schema) from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj  # type: ignore[return-value]
+
+
+def to_yaml(obj: Any) -> str:
+    """The fully resolved config as YAML (what run directories store as config.yaml)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(obj), resolve=True)
+
+
+def save_config(obj: Any, run_dir: str | os.PathLike) -> Path:
+    """Write `config.yaml` into the run directory atomically."""
+    out = Path(run_dir) / "config.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".yaml.tmp")
+    tmp.write_text(to_yaml(obj))
+    os.replace(tmp, out)
+    return out
+
+
+def load_saved_config(schema: type[T], run_dir: str | os.PathLike) -> T:
+    """Read back a run directory's config.yaml into its schema."""
+    return load_recipe(schema, Path(run_dir) / "config.yaml")
