@@ -17,6 +17,7 @@ from echo_nemo.errors import EXIT_BAD_INPUT, UserError
 # (subcommand, module providing `register`) in the order `--help` lists them.
 COMMANDS: list[tuple[str, str]] = [
     ("quickstart", "echo_nemo.quickstart"),
+    ("config", "echo_nemo.config_cli"),
     ("model", "echo_nemo.model.cli"),
     ("tokenizer", "echo_nemo.data.tokenizer_cli"),
     ("data", "echo_nemo.data.cli"),

@@ -101,26 +101,14 @@ def _expand_defaults(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str,
 
 def _valid_keys(schema: type, dotted: str) -> list[str]:
     """Valid keys at the level of `dotted` in the schema (for 'did you mean')."""
-    cls: Any = schema
-    for part in dotted.split(".")[:-1]:
-        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-        if part not in fields:
-            return []
-        cls = fields[part].type
-        if isinstance(cls, str):  # postponed annotations
-            cls = _resolve_annotation(schema, cls)
-    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-
-
-def _resolve_annotation(schema: type, name: str) -> Any:
-    import sys
     import typing
 
-    module = sys.modules[schema.__module__]
-    try:
-        return typing.get_type_hints(schema, vars(module)).get(name, name)
-    except Exception:
-        return getattr(module, name, name)
+    cls: Any = schema
+    for part in dotted.split(".")[:-1]:
+        if not dataclasses.is_dataclass(cls):
+            return []
+        cls = typing.get_type_hints(cls).get(part)
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
 
 def _explain(e: OmegaConfBaseException, source: str, schema: type) -> UserError:

@@ -248,6 +248,48 @@ def barrier() -> None:
         dist.barrier()
 
 
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average .grad over the data-parallel group in one flat all-reduce.
+
+    Every DP rank holds a replica and a different slice of the global batch, so the
+    average of their gradients is the gradient of the global-batch mean loss.
+    """
+    from megatron.core import parallel_state as ps
+
+    if dp_size() == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=ps.get_data_parallel_group())
+    flat /= dp_size()
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset : offset + n].view_as(g))
+        offset += n
+
+
+def gather_tp_param(tensor: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
+    """The full (TP=1 layout) tensor of a tensor-parallel shard, on every TP rank.
+
+    `tensor` is a parameter's shard or its gradient (then pass the parameter as `param`
+    for its sharding attributes). Megatron shards along `partition_dim`; with
+    `partition_stride` s > 1 (SwiGLU's fc1 holds [gate_r; up_r] on rank r) each shard
+    is s interleaved pieces.
+    """
+    from megatron.core import parallel_state as ps
+
+    param = tensor if param is None else param
+    if tp_size() == 1 or not getattr(param, "tensor_model_parallel", False):
+        return tensor.detach().clone()
+    dim = param.partition_dim
+    stride = getattr(param, "partition_stride", 1)
+    shards = [torch.empty_like(tensor) for _ in range(tp_size())]
+    dist.all_gather(shards, tensor.detach().contiguous(), group=ps.get_tensor_model_parallel_group())
+    pieces = [shard.chunk(stride, dim=dim) for shard in shards]
+    return torch.cat([p[i] for i in range(stride) for p in pieces], dim=dim)
+
+
 # ----------------------------------------------------------------------------- testing
 def _spawn_entry(local_rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
     os.environ.update(
