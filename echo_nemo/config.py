@@ -135,12 +135,18 @@ def compose(schema: type[T], path: str | os.PathLike | None, overrides: list[str
         except OmegaConfBaseException as e:
             raise _explain(e, source, schema) from None
     for item in overrides or []:
-        if "=" not in item:
+        key, eq, raw = item.partition("=")
+        if not eq or not key:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.lr=3e-4)")
+        # Parse the value with OmegaConf's grammar (1e-3 is a float, [a,b] a list), then
+        # update in place so list indices work: sources.1.repeat=4.
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as e:
             raise _explain(e, f"override {item!r}", schema) from None
+        except (TypeError, ValueError, IndexError) as e:
+            raise UserError(f"override {item!r}: cannot set {key!r}: {e}") from None
     return cfg
 
 

@@ -1,0 +1,216 @@
+"""Reward throughput: the sandboxed server against the release's in-process `exec`.
+
+Mix (from ../shared/data): a third each format (TinyGSM-style functions, OMI1 <llm-code>
+solutions, OMI2 boxed text), a quarter of the ground truths perturbed so those answers
+are wrong, and a few hostile completions (infinite loop, sleep, sys.exit); only attacks
+the baseline process survives are used, since the baseline runs them in-process.
+
+- baseline: the release's approach: the same parsing, then `exec` in this process under
+  a `signal.alarm` and math-verify in this process, one completion after another;
+- sandbox, direct: `echo_nemo.reward.score` (worker pool, forked child per execution);
+- sandbox, server: `echo-nemo reward serve` with C concurrent clients, each posting
+  groups of G completions (like GRPO groups); per-request latency p50/p99.
+
+Run: python benchmarks/bench_reward.py [--n 300] [--clients 64] [--group 8] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import queue
+import random
+import signal
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from echo_nemo.reward.client import RewardClient, local_reward_server
+from echo_nemo.reward.equivalence import is_equivalent
+from echo_nemo.reward.formats import parse_completion
+from echo_nemo.reward.sandbox import Limits, WorkerPool, _run_program, _value_text
+from echo_nemo.reward.score import score
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TIMEOUT_S = 3  # the release's alarm; the sandbox gets the same wall and CPU limit
+HOSTILE = [
+    "def simple_math_problem():\n    while True:\n        pass\n",
+    "def simple_math_problem():\n    import time\n    time.sleep(60)\n    return 1\n",
+    "def simple_math_problem():\n    import sys\n    sys.exit(1)\n",
+]
+
+
+class _Alarm(Exception):
+    pass
+
+
+def release_reward(completion: str, truth: str) -> float:
+    """In-process exec with a 3 s alarm (the release), then math-verify in-process."""
+    parsed = parse_completion(completion)
+    answer, from_code = parsed.boxed, False
+    if parsed.format in ("tinygsm", "llm_code"):
+        job = {
+            "kind": parsed.format,
+            "program": parsed.program,
+            "entry": parsed.entry,
+            "blocks": parsed.blocks,
+        }
+
+        def on_alarm(signum, frame):
+            raise _Alarm
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(TIMEOUT_S)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                value = _value_text(_run_program(job, {"__name__": "__main__"}), 1000)
+        except BaseException:  # generous: the release would die on SystemExit
+            value = None
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        if value is not None:
+            answer, from_code = value, True
+        elif parsed.format == "tinygsm":
+            answer = None
+    if answer is None:
+        return 0.0
+    return float(is_equivalent(answer, truth, from_code=from_code))
+
+
+def build_mix(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    per = n // 3
+    tiny = json.loads(
+        (DATA / "tinygsm_style/ThomasTheMaker_TinyGSM_gpt4.1_samples.json").read_text()
+    )
+    omi1 = [json.loads(x) for x in (DATA / "openmathinstruct1/openmathinstruct.test").open()]
+    omi2 = [json.loads(x) for x in (DATA / "openmathinstruct2/openmathinstruct2.test").open()]
+    omi1 = [r for r in omi1 if "<llm-code>" in r["generated_solution"]]
+    items: list[tuple[str, str]] = []
+    for row in rng.sample(tiny, per):
+        parsed = parse_completion(row["assistant"])
+        if parsed.format != "tinygsm" or parsed.entry is None:
+            continue
+        job = {"kind": "tinygsm", "program": parsed.program, "entry": parsed.entry}
+        with contextlib.redirect_stdout(io.StringIO()):  # real data, trusted here
+            value = _value_text(_run_program(job, {}), 100)
+        items.append((row["assistant"], value or "0"))
+    items += [(r["generated_solution"], r["expected_answer"]) for r in rng.choices(omi1, k=per)]
+    items += [(r["generated_solution"], r["expected_answer"]) for r in rng.choices(omi2, k=per)]
+    items = [(c, t + "1" if rng.random() < 0.25 else t) for c, t in items]  # a quarter wrong
+    items += [(h, "1") for h in HOSTILE]
+    rng.shuffle(items)
+    return [c for c, _ in items], [t for _, t in items]
+
+
+def run_server(url: str, completions: list[str], truths: list[str], clients: int, group: int):
+    work: queue.Queue = queue.Queue()
+    for start in range(0, len(completions), group):
+        work.put((completions[start : start + group], truths[start : start + group]))
+    latencies: list[float] = []
+    rewards: list[float] = []
+
+    def client_loop() -> None:
+        with RewardClient(url, timeout=600) as client:
+            while True:
+                try:
+                    batch = work.get_nowait()
+                except queue.Empty:
+                    return
+                t0 = time.perf_counter()
+                result = client.score(*batch)
+                latencies.append(time.perf_counter() - t0)
+                rewards.extend(s.reward for s in result)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, latencies, rewards
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds used by these processes and their reaped children (forked executions)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def _server_pids(url: str) -> list[int]:
+    port = url.rsplit(":", 1)[1]
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "serve" in cmd and port in cmd:
+            return [proc.pid, *(c.pid for c in proc.children(recursive=True))]
+    return []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="completions in the mix")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--group", type=int, default=8, help="completions per request")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    args = parser.parse_args()
+    completions, truths = build_mix(args.n)
+    print(f"mix: {len(completions)} completions ({len(HOSTILE)} hostile), {os.cpu_count()} CPUs, "
+          f"{args.workers} sandbox workers")  # fmt: skip
+
+    t0, c0 = time.perf_counter(), _cpu_s([os.getpid()])
+    base = [release_reward(c, t) for c, t in zip(completions, truths)]
+    base_s, base_cpu = time.perf_counter() - t0, _cpu_s([os.getpid()]) - c0
+    base_rate = len(completions) / base_s
+
+    pool = WorkerPool(args.workers, Limits(wall_s=TIMEOUT_S, cpu_s=TIMEOUT_S))
+    pool.wait_ready()
+    pids = [os.getpid(), *(w.proc.pid for w in pool.workers if w is not None)]
+    t0, c0 = time.perf_counter(), _cpu_s(pids)
+    direct = [s.reward for s in score(completions, truths, pool=pool)]
+    direct_s, direct_cpu = time.perf_counter() - t0, _cpu_s(pids) - c0
+    pool.close()
+
+    with local_reward_server(workers=args.workers, timeout_s=TIMEOUT_S) as url:
+        pids = _server_pids(url)
+        c0 = _cpu_s(pids)
+        server_s, latencies, _ = run_server(url, completions, truths, args.clients, args.group)
+        server_cpu = _cpu_s(pids) - c0
+    server_rate = len(completions) / server_s
+    lat = sorted(latencies)
+    p50 = statistics.median(lat)
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+
+    agree = sum(a == b for a, b in zip(base, direct))
+    print(
+        f"baseline (in-process exec + alarm): {base_rate:8.1f} completions/s  ({base_s:.1f} s, mean reward {sum(base) / len(base):.3f})"
+    )
+    print(
+        f"sandbox, score() direct:            {len(completions) / direct_s:8.1f} completions/s  ({direct_s:.1f} s, mean reward {sum(direct) / len(direct):.3f})"
+    )
+    print(
+        f"sandbox, server, {args.clients} clients x {args.group}: {server_rate:8.1f} completions/s  ({server_s:.1f} s)"
+    )
+    print(
+        f"server request latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {len(lat)} requests"
+    )
+    n = len(completions)
+    print(f"CPU ms per completion: baseline {base_cpu / n * 1000:.1f}, sandbox direct (caller + workers) "
+          f"{direct_cpu / n * 1000:.1f}, server (server + workers) {server_cpu / n * 1000:.1f}")  # fmt: skip
+    print(f"ratio server/baseline: {server_rate / base_rate:.2f}x; rewards agree on {agree}/{len(base)}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Typed schema of data recipes (recipes/data/*.yaml) and of the echo-lab generator.
+
+A recipe names a mixture: sources with repeat factors, the tokenizer, the sequence
+length and where the shards go. Example (recipes/data/echo_tg_4xomi1_omi2.yaml):
+
+    defaults: [_echo_base.yaml]
+    name: echo_tg_4xomi1_omi2
+    sources:
+      - {name: echo_tg}
+      - {name: echo_omi1, repeat: 4}
+      - {name: echo_omi2}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from echo_nemo.errors import UserError
+
+
+@dataclass
+class EchoLabConfig:
+    """Knobs of the synthetic corpus (the same defaults serve `load_problems('echolab_*')`)."""
+
+    seed: int = 0
+    num_problems: int = 20000  # problems per echo-lab format source (before repeats)
+    num_background: int = 5000  # documents of the echo_fm3 prose source
+    min_steps: int = 1  # difficulty: reasoning steps per problem, within 1..5
+    max_steps: int = 3
+    max_number: int = 20  # largest number stated in a question (small = learnable by a tiny model)
+
+    def validate(self, where: str = "echolab") -> None:
+        if not 1 <= self.min_steps <= self.max_steps <= 5:
+            raise UserError(
+                f"{where}: need 1 <= min_steps <= max_steps <= 5, got min_steps={self.min_steps}, "
+                f"max_steps={self.max_steps}"
+            )
+        if self.max_number < 5:
+            raise UserError(f"{where}.max_number must be >= 5, got {self.max_number}")
+        if self.num_problems < 1 or self.num_background < 0:
+            raise UserError(f"{where}: num_problems must be >= 1 and num_background >= 0")
+
+
+@dataclass
+class SourceSpec:
+    """One source of a mixture. `repeat`: 4 = the whole source four times, 0.25 = a quarter."""
+
+    name: str = "???"
+    repeat: float = 1.0
+    path: str | None = None  # local jsonl/json/parquet file (or folder) instead of the hub
+    limit: int | None = None  # read at most this many documents (before repeats)
+    question_field: str | None = None  # override the registry's field names
+    solution_field: str | None = None
+    text_field: str | None = None
+
+
+@dataclass
+class DataRecipe:
+    """`echo-nemo data build` input: a mixture, the tokenizer and the shard layout."""
+
+    name: str = "???"
+    sources: list[SourceSpec] = field(default_factory=list)
+    echolab: EchoLabConfig = field(default_factory=EchoLabConfig)
+    tokenizer: str | None = None  # None = the committed default in tokenizer/
+    seq_length: int = 256  # tokens per training sample; shards store seq_length + 1
+    output_dir: str = "runs/data/${name}"
+    sequences_per_shard: int = 2000
+    num_workers: int = 2  # tokenizer processes
+    seed: int = 0  # document shuffle and subsampling
+    # Per-source repeat factors that replace sources[*].repeat: the command-line knob for
+    # format shares, e.g. `echo-nemo data build recipe.yaml repeats.echo_omi1=4`.
+    repeats: dict[str, float] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from echo_nemo.data.sources import DOCUMENT_SOURCES
+
+        if not self.sources:
+            raise UserError(f"data recipe {self.name!r}: `sources` is empty (expected at least one)")
+        names = [s.name for s in self.sources]
+        for name, factor in self.repeats.items():
+            if name not in names:
+                raise UserError(f"data recipe {self.name!r}: repeats.{name} names no source of the "
+                                f"recipe (sources: {', '.join(names)})")
+            for s in self.sources:
+                if s.name == name:
+                    s.repeat = float(factor)
+        for i, s in enumerate(self.sources):
+            if s.name not in DOCUMENT_SOURCES:
+                raise UserError(
+                    f"data recipe {self.name!r}: sources[{i}].name={s.name!r} is not a known source "
+                    f"(expected one of {', '.join(sorted(DOCUMENT_SOURCES))})"
+                )
+            if not s.repeat > 0:
+                raise UserError(f"data recipe {self.name!r}: sources[{i}].repeat must be > 0, got {s.repeat}")
+        if self.seq_length < 8:
+            raise UserError(f"data recipe {self.name!r}: seq_length must be >= 8, got {self.seq_length}")
+        if self.sequences_per_shard < 1 or self.num_workers < 1:
+            raise UserError(f"data recipe {self.name!r}: sequences_per_shard and num_workers must be >= 1")
+        self.echolab.validate(f"data recipe {self.name!r}: echolab")

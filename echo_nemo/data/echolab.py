@@ -1,0 +1,319 @@
+"""Echo-lab: a synthetic grade-school math corpus rendered in the study's three formats.
+
+A problem is built once, as a small program: *givens* (numbers stated in the question)
+and *steps* (named arithmetic on earlier quantities). The same program is then rendered
+three ways, shaped like the real data in ../shared/data:
+
+- ``tinygsm``: ``def simple_math_problem() -> int:`` with the question as docstring, the
+  givens and steps as assignments, ``result = ...`` and ``return result`` (TinyGSM).
+- ``llm_code``: "Let's solve this problem using Python code.", an ``<llm-code>`` block
+  ending in the answer's variable, the true ``<llm-code-output>``, and a ``\\boxed{}``
+  conclusion (OpenMathInstruct-1).
+- ``text``: one sentence per step with the arithmetic written out (``$3 * 4 = 12$``),
+  ending in ``\\boxed{}`` (OpenMathInstruct-2). A model must do that arithmetic itself,
+  which is what makes this format harder for a small model (see ECHOLAB.md).
+
+Every value is exact: each step is evaluated with ``fractions.Fraction`` and rejected
+unless it is a non-negative integer, so the code's float output (``12.0`` after a ``/``)
+is exactly the stated answer. Train and test problems are disjoint by their parameters:
+a problem's key is (template, givens) and a hash of that key decides its split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+FORMATS: tuple[str, ...] = ("tinygsm", "llm_code", "text")
+TEST_MODULUS = 10  # one parameter key in ten belongs to the test split
+
+
+class Reject(Exception):
+    """The sampled numbers do not give exact non-negative integers: sample again."""
+
+
+# ----------------------------------------------------------------------------- quantities
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
+
+
+@dataclass(frozen=True)
+class Q:
+    """A quantity: exact value, its code (variable names) and math (numbers) spelling."""
+
+    value: Fraction
+    code: str
+    math: str
+    prec: int = 3  # 3 = atom, 2 = product, 1 = sum
+    is_float: bool = False  # Python would hold it as a float (a `/` was involved)
+
+    def _op(self, other: Q | int, op: str, swap: bool = False) -> Q:
+        o = other if isinstance(other, Q) else Q(Fraction(other), str(other), str(other))
+        a, b = (o, self) if swap else (self, o)
+        if op == "+":
+            v = a.value + b.value
+        elif op == "-":
+            v = a.value - b.value
+        elif op == "*":
+            v = a.value * b.value
+        else:
+            if b.value == 0:
+                raise Reject("division by zero")
+            v = a.value / b.value
+        p = _PREC[op]
+        # Left operand needs brackets if it binds looser; the right one also when equal
+        # and the operator is not associative (a - (b - c), a / (b * c)).
+        lpar = a.prec < p
+        rpar = b.prec < p or (b.prec == p and op in "-/")
+        code = f"{_par(a.code, lpar)} {op} {_par(b.code, rpar)}"
+        math = f"{_par(a.math, lpar)} {op} {_par(b.math, rpar)}"
+        return Q(v, code, math, p, a.is_float or b.is_float or op == "/")
+
+    def __add__(self, o: Q | int) -> Q:
+        return self._op(o, "+")
+
+    def __radd__(self, o: int) -> Q:
+        return self._op(o, "+", swap=True)
+
+    def __sub__(self, o: Q | int) -> Q:
+        return self._op(o, "-")
+
+    def __rsub__(self, o: int) -> Q:
+        return self._op(o, "-", swap=True)
+
+    def __mul__(self, o: Q | int) -> Q:
+        return self._op(o, "*")
+
+    def __rmul__(self, o: int) -> Q:
+        return self._op(o, "*", swap=True)
+
+    def __truediv__(self, o: Q | int) -> Q:
+        return self._op(o, "/")
+
+    def __rtruediv__(self, o: int) -> Q:
+        return self._op(o, "/", swap=True)
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+
+def _par(s: str, yes: bool) -> str:
+    return f"({s})" if yes else s
+
+
+def python_repr(value: Fraction, is_float: bool) -> str:
+    """What Python prints for the value: ``12.0`` if it is a float, else ``12``."""
+    return repr(float(value)) if is_float else str(int(value))
+
+
+@dataclass
+class Step:
+    name: str
+    expr: Q
+    text: str  # "The apples cost" -> "The apples cost $3 * 4 = 12$ dollars."
+    unit: str
+
+
+@dataclass
+class Solution:
+    """The program of one problem: givens then steps, each an exact integer."""
+
+    givens: list[tuple[str, int]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+    def given(self, name: str, value: int) -> Q:
+        if value < 0:
+            raise Reject(f"negative given {name}")
+        self.givens.append((name, value))
+        return Q(Fraction(value), name, str(value))
+
+    def step(self, name: str, expr: Q, text: str, unit: str = "") -> Q:
+        v = expr.value
+        if v.denominator != 1 or v < 0:
+            raise Reject(f"step {name} = {v} is not a non-negative integer")
+        self.steps.append(Step(name, expr, text, unit))
+        return Q(v, name, str(int(v)), 3, expr.is_float)
+
+
+@dataclass
+class EchoProblem:
+    """One generated problem: question, program, answer, and its split key."""
+
+    template: str
+    question: str
+    solution: Solution
+    answer: Q
+    conclusion: str  # with {ans}: "Sam spends {ans} dollars"
+
+    @property
+    def answer_str(self) -> str:
+        return str(int(self.answer.value))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.solution.steps)
+
+    @property
+    def key(self) -> tuple:
+        return (self.template, tuple(v for _, v in self.solution.givens))
+
+    def render(self, fmt: str) -> str:
+        """The solution text in one format (the document is question, blank line, this)."""
+        if fmt == "tinygsm":
+            return render_tinygsm(self)
+        if fmt == "llm_code":
+            return render_llm_code(self)
+        if fmt == "text":
+            return render_text(self)
+        raise ValueError(f"unknown echo-lab format {fmt!r}; expected one of {FORMATS}")
+
+    def document(self, fmt: str) -> str:
+        return f"{self.question}\n\n{self.render(fmt)}"
+
+
+def split_of(key: tuple) -> str:
+    """'test' for one key in TEST_MODULUS (by a stable hash of the parameters), else 'train'."""
+    h = int.from_bytes(hashlib.sha1(repr(key).encode()).digest()[:8], "big")
+    return "test" if h % TEST_MODULUS == 0 else "train"
+
+
+# ----------------------------------------------------------------------------- renderers
+def _code_lines(p: EchoProblem) -> list[str]:
+    lines = [f"{name} = {value}" for name, value in p.solution.givens]
+    lines += [f"{s.name} = {s.expr.code}" for s in p.solution.steps]
+    return lines
+
+
+def render_tinygsm(p: EchoProblem) -> str:
+    body = "\n".join("    " + line for line in _code_lines(p))
+    return (
+        "def simple_math_problem() -> int:\n"
+        '    """\n'
+        f"    {p.question}\n"
+        '    """\n'
+        f"{body}\n"
+        f"    result = {p.answer.code}\n"
+        "    return result"
+    )
+
+
+def render_llm_code(p: EchoProblem) -> str:
+    code = "\n".join(_code_lines(p) + [p.answer.code])
+    out = python_repr(p.answer.value, p.answer.is_float)
+    ans = p.conclusion.format(ans=f"\\boxed{{{p.answer_str}}}")
+    return (
+        "Let's solve this problem using Python code.\n"
+        f"<llm-code>\n{code}\n</llm-code>\n"
+        f"<llm-code-output>\n{out}\n</llm-code-output>\n"
+        f"Thus {ans}."
+    )
+
+
+def render_text(p: EchoProblem) -> str:
+    lines = []
+    for s in p.solution.steps:
+        unit = f" {s.unit}" if s.unit else ""
+        lines.append(f"{s.text} ${s.expr.math} = {int(s.expr.value)}${unit}.")
+    lines.append(f"Thus, {p.conclusion.format(ans=chr(92) + 'boxed{' + p.answer_str + '}')}.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- generation
+@dataclass(frozen=True)
+class Ctx:
+    """What a template may draw from: the rng, the number range and the target steps."""
+
+    rng: random.Random
+    max_number: int
+    steps: int
+
+    def num(self, lo: int = 2, hi: int | None = None) -> int:
+        """A number in [lo, min(hi, max_number)] (at least lo)."""
+        top = self.max_number if hi is None else min(hi, self.max_number)
+        return self.rng.randint(lo, max(lo, top))
+
+    def pick(self, seq):  # noqa: ANN001, ANN201 - any sequence
+        return self.rng.choice(seq)
+
+    def sample(self, seq, k: int):  # noqa: ANN001, ANN201
+        return self.rng.sample(list(seq), k)
+
+
+TemplateFn = Callable[[Ctx], tuple[str, Solution, Q, str]]
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    steps: tuple[int, int]  # the range of step counts it can produce
+    fn: TemplateFn
+
+
+TEMPLATES: dict[str, Template] = {}
+
+
+def template(name: str, steps: tuple[int, int] | int) -> Callable[[TemplateFn], TemplateFn]:
+    """Register a problem type that produces `steps` (or a range of) reasoning steps."""
+    rng = (steps, steps) if isinstance(steps, int) else steps
+
+    def deco(fn: TemplateFn) -> TemplateFn:
+        TEMPLATES[name] = Template(name, rng, fn)
+        return fn
+
+    return deco
+
+
+def generate_one(rng: random.Random, steps: int, max_number: int, split: str) -> EchoProblem:
+    """One problem with exactly `steps` steps from a template that supports it, in `split`."""
+    from echo_nemo.data import echolab_templates  # noqa: F401  (registers TEMPLATES)
+
+    choices = [t for t in TEMPLATES.values() if t.steps[0] <= steps <= t.steps[1]]
+    for _ in range(1000):
+        t = rng.choice(choices)
+        try:
+            question, sol, ans, conclusion = t.fn(Ctx(rng, max_number, steps))
+        except Reject:
+            continue
+        p = EchoProblem(t.name, question, sol, ans, conclusion)
+        if p.num_steps != steps:
+            raise AssertionError(f"template {t.name} made {p.num_steps} steps, asked {steps}")
+        if split_of(p.key) == split:
+            return p
+    raise RuntimeError(f"could not sample a {steps}-step problem (max_number={max_number})")
+
+
+def generate(
+    n: int,
+    *,
+    seed: int = 0,
+    split: str = "train",
+    min_steps: int = 1,
+    max_steps: int = 3,
+    max_number: int = 20,
+) -> Iterator[EchoProblem]:
+    """`n` problems of `split`, deterministic in all arguments.
+
+    Step counts cycle over [min_steps, max_steps] so every difficulty gets an equal
+    share; the split's rng stream is separate from the other split's (seed, split).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not 1 <= min_steps <= max_steps <= 5:
+        raise ValueError(f"need 1 <= min_steps <= max_steps <= 5, got {min_steps}, {max_steps}")
+    if max_number < 5:
+        raise ValueError(f"max_number must be >= 5, got {max_number}")
+    rng = random.Random(f"echolab/{seed}/{split}")
+    span = max_steps - min_steps + 1
+    for i in range(n):
+        yield generate_one(rng, min_steps + i % span, max_number, split)
+
+
+# ----------------------------------------------------------------------------- background prose
+def background_document(rng: random.Random, max_number: int = 20) -> str:
+    """A few paragraphs of explanatory math prose (stands in for FineMath)."""
+    from echo_nemo.data.echolab_templates import PROSE
+
+    k = rng.randint(2, 3)
+    return "\n\n".join(rng.choice(PROSE)(rng, max_number) for _ in range(k))

@@ -1,0 +1,304 @@
+"""Named data sources: the paper's pretraining sets, the evaluation sets and echo-lab.
+
+Every source maps rows to one text: a pretraining *document* (question, blank line,
+solution; or a `text` field) or an evaluation *problem* (question, parsed ground truth).
+Rows come from the Hugging Face hub (``datasets.load_dataset(id, config, split=...,
+streaming=True)``) or, with the same field mapping, from a local jsonl/json/parquet file.
+
+Evaluation sets with no path look first in ``$ECHO_NEMO_DATA`` and then in
+``../shared/data`` beside the checkout (the layout of that folder), before the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from echo_nemo.data.config import EchoLabConfig, SourceSpec
+from echo_nemo.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A prompt with its parsed ground truth (e.g. "1234", "\\frac{1}{2}", "25")."""
+
+    id: str
+    question: str
+    answer: str
+
+    @property
+    def prompt(self) -> str:
+        """The text fed to the model: question and a blank line (no chat template)."""
+        return self.question + "\n\n"
+
+
+# ----------------------------------------------------------------------------- ground truth parsing
+def parse_gsm8k_answer(answer: str) -> str:
+    """The number after GSM8K's last ``####``, commas and ``$`` removed ("1,234" -> "1234")."""
+    if "####" not in answer:
+        raise ValueError(f"no '####' in GSM8K answer {answer[-80:]!r}")
+    value = answer.rsplit("####", 1)[1].strip().replace(",", "").replace("$", "").strip()
+    if not re.fullmatch(r"-?\d+(\.\d+)?", value):
+        raise ValueError(f"GSM8K answer after '####' is not a number: {value!r}")
+    return value
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched; None if absent."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+def parse_aime_answer(answer: str | int) -> str:
+    """AIME answers are integers 0..999, sometimes zero-padded ("025" -> "25")."""
+    s = str(answer).strip()
+    if not re.fullmatch(r"\d{1,3}", s):
+        raise ValueError(f"AIME answer is not an integer 0..999: {s!r}")
+    return str(int(s))
+
+
+# ----------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class SourceInfo:
+    """Where a source lives and how a row becomes text."""
+
+    hf_id: str
+    config: str | None = None
+    split: str = "train"
+    question: str | None = None  # documents: question + "\n\n" + solution
+    solution: str | None = None
+    text: str | None = None  # documents: a single text field
+    answer: str | None = None  # problems: ground-truth field, parsed by `parse`
+    parse: Callable[[object], str] | None = None
+    local: str | None = None  # file under the shared data folder
+    keep: Callable[[dict], bool] | None = None  # row filter (e.g. correct solutions only)
+
+
+def _math_answer(row: dict) -> str:
+    if row.get("answer") not in (None, ""):
+        return str(row["answer"]).strip()
+    boxed = last_boxed(str(row.get("solution", "")))
+    if boxed is None:
+        raise ValueError("no `answer` field and no \\boxed{} in `solution`")
+    return boxed
+
+
+DOCUMENT_SOURCES: dict[str, SourceInfo | None] = {
+    "fm3": SourceInfo("HuggingFaceTB/finemath", "finemath-3plus", text="text"),
+    "as": SourceInfo("EleutherAI/proof-pile-2", "algebraic-stack", text="text"),
+    "tg": SourceInfo("TinyGSM/TinyGSM", question="question", solution="code"),
+    "omi1": SourceInfo(
+        "nvidia/OpenMathInstruct-1", question="question", solution="generated_solution",
+        local="openmathinstruct1/openmathinstruct.test", keep=lambda r: r.get("is_correct", True) is True,
+    ),
+    "omi2": SourceInfo(
+        "nvidia/OpenMathInstruct-2", question="problem", solution="generated_solution",
+        local="openmathinstruct2/openmathinstruct2.test",
+    ),
+    "mmqa": SourceInfo("meta-math/MetaMathQA", question="query", solution="response"),
+    # TinyGSM-style questions with GPT-4.1 solutions (the shared sample's origin).
+    "tg_gpt41": SourceInfo(
+        "ThomasTheMaker/TinyGSM-gpt4.1", question="user", solution="assistant",
+        local="tinygsm_style/ThomasTheMaker_TinyGSM_gpt4.1_samples.json",
+    ),
+    # Echo-lab: generated here, no rows to read (see echolab.py).
+    "echo_tg": None,
+    "echo_omi1": None,
+    "echo_omi2": None,
+    "echo_fm3": None,
+}
+ECHO_FORMATS = {"echo_tg": "tinygsm", "echo_omi1": "llm_code", "echo_omi2": "text"}
+
+PROBLEM_SOURCES: dict[str, SourceInfo | None] = {
+    "gsm8k_train": SourceInfo("openai/gsm8k", "main", "train", question="question", answer="answer",
+                              parse=lambda a: parse_gsm8k_answer(str(a)), local="gsm8k/train.jsonl"),
+    "gsm8k_test": SourceInfo("openai/gsm8k", "main", "test", question="question", answer="answer",
+                             parse=lambda a: parse_gsm8k_answer(str(a)), local="gsm8k/test.jsonl"),
+    "math500": SourceInfo("HuggingFaceH4/MATH-500", None, "test", question="problem",
+                          local="math500/test.jsonl"),
+    "aime24": SourceInfo("HuggingFaceH4/aime_2024", None, "train", question="problem", answer="answer",
+                         parse=parse_aime_answer, local="aime24/test.jsonl"),
+    "aime25": SourceInfo("math-ai/aime25", None, "test", question="problem", answer="answer",
+                         parse=parse_aime_answer, local="aime25/test.jsonl"),
+    "echolab_train": None,
+    "echolab_test": None,
+}
+ECHOLAB_SIZES = {"echolab_train": 7473, "echolab_test": 1319}  # GSM8K's sizes
+
+
+# ----------------------------------------------------------------------------- reading rows
+def _shared_data_dirs() -> list[Path]:
+    dirs = [Path(os.environ["ECHO_NEMO_DATA"])] if os.environ.get("ECHO_NEMO_DATA") else []
+    return dirs + [REPO_ROOT.parent / "shared" / "data"]
+
+
+def _resolve_local(info: SourceInfo, path: str | None) -> Path | None:
+    """The local file to read: `path` (a file, or a folder holding `info.local`), else a
+    default data folder if it has the file, else None (= the hub)."""
+    if path is not None:
+        p = Path(path)
+        if p.is_dir() and info.local and (p / info.local).is_file():
+            return p / info.local
+        if not p.is_file():
+            raise UserError(f"data file not found: {path!r} (expected a jsonl/json/parquet file"
+                            + (f" or a folder containing {info.local!r})" if info.local else ")"))
+        return p
+    for d in _shared_data_dirs():
+        if info.local and (d / info.local).is_file():
+            return d / info.local
+    return None
+
+
+def read_rows(path: Path) -> Iterator[dict]:
+    """Rows of a local jsonl (.jsonl/.test), json (list, or jsonl) or parquet file."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+        return
+    with open(path, encoding="utf-8") as f:
+        head = f.read(1)
+        f.seek(0)
+        if suffix == ".json" and head == "[":
+            try:
+                rows = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: not valid JSON ({e})") from None
+            yield from rows
+            return
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{path}:{lineno}: not a JSON line ({e})") from None
+
+
+def _hub_rows(info: SourceInfo) -> Iterator[dict]:
+    """Stream rows from the Hugging Face hub (needs network access)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(info.hf_id, name=info.config, split=info.split, streaming=True)
+    except Exception as e:  # no network, unknown id: bad input from the user's point of view
+        raise UserError(
+            f"could not stream {info.hf_id} (config {info.config}, split {info.split}) from the "
+            f"Hugging Face hub: {type(e).__name__}: {str(e)[:200]}. Pass a local file with `path`."
+        ) from None
+    yield from ds
+
+
+def _field(row: dict, name: str, where: str) -> str:
+    if name not in row:
+        raise UserError(f"{where}: row has no field {name!r} (fields: {', '.join(map(str, row))})")
+    return str(row[name])
+
+
+# ----------------------------------------------------------------------------- documents
+def load_documents(
+    spec: SourceSpec | str, echolab: EchoLabConfig | None = None
+) -> Iterator[str]:
+    """Documents of one mixture source, in source order (at most `spec.limit`)."""
+    spec = SourceSpec(name=spec) if isinstance(spec, str) else spec
+    if spec.name not in DOCUMENT_SOURCES:
+        raise UserError(f"unknown source {spec.name!r} (expected one of {', '.join(DOCUMENT_SOURCES)})")
+    info = DOCUMENT_SOURCES[spec.name]
+    docs = _echolab_documents(spec.name, echolab or EchoLabConfig()) if info is None else _row_documents(spec, info)
+    for i, doc in enumerate(docs):
+        if spec.limit is not None and i >= spec.limit:
+            return
+        yield doc
+
+
+def _row_documents(spec: SourceSpec, info: SourceInfo) -> Iterator[str]:
+    local = _resolve_local(info, spec.path) if spec.path else None
+    rows: Iterable[dict] = read_rows(local) if local else _hub_rows(info)
+    where = f"source {spec.name!r} ({local or info.hf_id})"
+    text_f = spec.text_field or info.text
+    q_f, s_f = spec.question_field or info.question, spec.solution_field or info.solution
+    for row in rows:
+        if info.keep is not None and not info.keep(row):
+            continue
+        if text_f and not (spec.question_field or spec.solution_field):
+            yield _field(row, text_f, where)
+        else:
+            yield f"{_field(row, q_f, where).strip()}\n\n{_field(row, s_f, where).strip()}"
+
+
+def _echolab_documents(name: str, cfg: EchoLabConfig) -> Iterator[str]:
+    from echo_nemo.data import echolab
+
+    if name == "echo_fm3":
+        rng = random.Random(f"echolab-prose/{cfg.seed}")
+        for _ in range(cfg.num_background):
+            yield echolab.background_document(rng, cfg.max_number)
+        return
+    fmt = ECHO_FORMATS[name]
+    # All format sources render the same problem stream, so formats differ only in solution.
+    for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,
+                              max_steps=cfg.max_steps, max_number=cfg.max_number):
+        yield p.document(fmt)
+
+
+# ----------------------------------------------------------------------------- problems
+def load_problems(
+    name: str, path: str | None = None, limit: int | None = None, *, echolab: EchoLabConfig | None = None
+) -> list[Problem]:
+    """Evaluation / RL prompt sets as `Problem`s with parsed ground truths.
+
+    Names: gsm8k_train, gsm8k_test, math500, aime24, aime25, echolab_train, echolab_test.
+    `path`: a local file (or the shared data folder); echo-lab ignores it and is
+    generated from `echolab` (defaults = the default data recipe's).
+    """
+    if name not in PROBLEM_SOURCES:
+        raise UserError(f"unknown problem set {name!r} (expected one of {', '.join(PROBLEM_SOURCES)})")
+    info = PROBLEM_SOURCES[name]
+    if info is None:
+        return _echolab_problems(name, limit, echolab or EchoLabConfig())
+    local = _resolve_local(info, path)
+    rows: Iterable[dict] = read_rows(local) if local else _hub_rows(info)
+    where = f"problem set {name!r} ({local or info.hf_id})"
+    out: list[Problem] = []
+    for i, row in enumerate(rows):
+        if limit is not None and len(out) >= limit:
+            break
+        question = _field(row, info.question, where)
+        try:
+            answer = info.parse(row.get(info.answer)) if info.parse else _math_answer(row)
+        except ValueError as e:
+            raise UserError(f"{where}: row {i}: cannot parse the ground truth: {e}") from None
+        pid = f"{name}-{row['id']}" if "id" in row else str(row.get("unique_id", f"{name}-{i}"))
+        out.append(Problem(pid, question, answer))
+    return out
+
+
+def _echolab_problems(name: str, limit: int | None, cfg: EchoLabConfig) -> list[Problem]:
+    from echo_nemo.data import echolab
+
+    split = name.removeprefix("echolab_")
+    n = ECHOLAB_SIZES[name] if limit is None else min(limit, ECHOLAB_SIZES[name])
+    # Train prompts come from the same stream as the pretraining documents (same seed);
+    # test problems are disjoint from both by their parameters.
+    gen = echolab.generate(n, seed=cfg.seed, split=split, min_steps=cfg.min_steps,
+                           max_steps=cfg.max_steps, max_number=cfg.max_number)
+    return [Problem(f"{name}-{i}", p.question, p.answer_str) for i, p in enumerate(gen)]

@@ -1,0 +1,128 @@
+"""Echo-lab: many problem types, exact answers, faithful formats, determinism, disjoint splits."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import Counter
+
+import pytest
+
+from echo_nemo.data import echolab
+from echo_nemo.data.echolab import generate, split_of
+from echo_nemo.data.sources import last_boxed, load_problems
+
+N = 1200
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return list(generate(N, seed=3, min_steps=1, max_steps=5, max_number=30))
+
+
+def _run_tinygsm(code: str):
+    ns: dict = {}
+    exec(compile(code, "<tinygsm>", "exec"), ns)  # trusted: generated here
+    return ns["simple_math_problem"]()
+
+
+def _run_llm_code(code: str):
+    """Value of the block's last expression, as the study's reward takes it."""
+    tree = ast.parse(code)
+    last = tree.body.pop()
+    assert isinstance(last, ast.Expr), "the block must end in an expression"
+    ns: dict = {}
+    exec(compile(tree, "<llm-code>", "exec"), ns)
+    return eval(compile(ast.Expression(last.value), "<last>", "eval"), ns)
+
+
+def test_types_and_difficulties(problems):
+    kinds = Counter(p.template for p in problems)
+    assert len(echolab.TEMPLATES) >= 30 and len(kinds) >= 30, kinds
+    steps = Counter(p.num_steps for p in problems)
+    assert set(steps) == {1, 2, 3, 4, 5}
+    assert max(steps.values()) - min(steps.values()) <= 1  # equal share per difficulty
+    # the number knob: small max_number -> small numbers (and small answers)
+    small = list(generate(300, seed=1, min_steps=1, max_steps=1, max_number=10))
+    large = list(generate(300, seed=1, min_steps=1, max_steps=1, max_number=200))
+    assert all(p.num_steps == 1 for p in small + large)
+
+    def median_answer(ps):
+        return sorted(int(p.answer_str) for p in ps)[len(ps) // 2]
+
+    assert median_answer(small) * 4 < median_answer(large)
+    assert sum(p.answer.value <= 100 for p in small) > 0.8 * len(small)
+
+
+def test_every_code_solution_executes_to_the_answer(problems):
+    for p in problems:
+        answer = float(p.answer_str)
+        tg = p.render("tinygsm")
+        assert tg.startswith("def simple_math_problem() -> int:\n    \"\"\"\n    " + p.question + "\n")
+        assert tg.rstrip().endswith("return result")
+        assert float(_run_tinygsm(tg)) == answer, tg
+
+        lc = p.render("llm_code")
+        m = re.fullmatch(
+            r"Let's solve this problem using Python code\.\n<llm-code>\n(.*)\n</llm-code>\n"
+            r"<llm-code-output>\n(.*)\n</llm-code-output>\nThus (.*)\.", lc, re.S)
+        assert m, lc
+        value = _run_llm_code(m.group(1))
+        assert float(value) == answer
+        assert m.group(2) == repr(value)  # the written output is exactly what Python prints
+        assert last_boxed(m.group(3)) == p.answer_str
+
+
+def test_every_text_solution_boxes_the_answer_and_its_arithmetic_is_right(problems):
+    for p in problems:
+        text = p.render("text")
+        assert "<llm-code>" not in text and "def " not in text
+        assert last_boxed(text) == p.answer_str
+        eqs = re.findall(r"\$([^$]*) = (\d+)\$", text)
+        assert len(eqs) == p.num_steps
+        for lhs, rhs in eqs:
+            assert eval(lhs) == int(rhs), (lhs, rhs)  # plain numbers and + - * / ( )
+
+
+def test_deterministic_by_seed():
+    a = [p.document("text") for p in generate(50, seed=7)]
+    b = [p.document("text") for p in generate(50, seed=7)]
+    c = [p.document("text") for p in generate(50, seed=8)]
+    assert a == b and a != c
+
+
+def test_train_and_test_disjoint_by_parameters():
+    train = list(generate(3000, seed=0, split="train"))
+    test = list(generate(600, seed=0, split="test"))
+    train_keys = {p.key for p in train}
+    test_keys = {p.key for p in test}
+    assert not train_keys & test_keys
+    assert all(split_of(k) == "train" for k in train_keys) and all(split_of(k) == "test" for k in test_keys)
+    # questions differ too (same numbers in the same template would be the same key)
+    assert not {p.question for p in train} & {p.question for p in test}
+
+
+def test_load_problems_echolab_shape():
+    tr = load_problems("echolab_train", limit=40)
+    te = load_problems("echolab_test", limit=40)
+    assert len(tr) == len(te) == 40
+    assert all(p.answer.isdigit() and p.prompt == p.question + "\n\n" for p in tr + te)
+    assert len({p.id for p in tr + te}) == 80
+    assert load_problems("echolab_test", limit=40) == te  # deterministic
+
+
+def test_background_prose_is_latex_math():
+    import random
+
+    docs = [echolab.background_document(random.Random(i)) for i in range(30)]
+    assert all("$" in d and "\n\n" in d for d in docs)
+    assert len(set(docs)) == 30
+
+
+def test_echolab_test_set_exports_in_gsm8k_shape(cli, tmp_path):
+    out = tmp_path / "echolab_test.jsonl"
+    r = cli("data", "problems", "echolab_test", "--out", str(out), "--limit", "25")
+    assert r.returncode == 0, r.stderr
+    back = load_problems("gsm8k_test", path=str(out))  # the GSM8K parser reads it back
+    want = load_problems("echolab_test", limit=25)
+    assert [(p.question, p.answer) for p in back] == [(p.question, p.answer) for p in want]
