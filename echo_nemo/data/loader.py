@@ -85,7 +85,9 @@ def read_shard(shard_dir: str | os.PathLike, entry: dict, manifest: dict, verify
     width = manifest["seq_length"] + 1
     rows = []
     try:
-        ds = wds.WebDataset(str(path), shardshuffle=False, empty_check=False).decode()
+        # nodesplitter=None: ranks are split by this loader, not by webdataset (whose
+        # default refuses to run when RANK/WORLD_SIZE say there are several processes).
+        ds = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=None).decode()
         for sample in ds:
             rows.append(np.asarray(sample["tokens.npy"]))
     except Exception as e:  # tarfile / numpy errors on a damaged file

@@ -204,3 +204,13 @@ def test_cli_build_and_manifest_table(tmp_path, cli):
     assert r.returncode == 0 and "echo_omi1" in r.stdout and "0.5" in r.stdout
     r = cli("data", "build", str(RECIPE), "seq_length=oops")
     assert r.returncode == 2 and "seq_length" in r.stderr
+
+
+def test_loader_runs_inside_a_multi_process_launch(built, monkeypatch):
+    """torchrun/srun set RANK/WORLD_SIZE; webdataset must not refuse to read (we split ranks)."""
+    out, _ = built
+    plain = next(iter(ShardLoader(out, 2, dp_rank=1, dp_size=2, seed=5)))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    launched = next(iter(ShardLoader(out, 2, dp_rank=1, dp_size=2, seed=5)))
+    assert np.array_equal(plain.numpy(), launched.numpy())
