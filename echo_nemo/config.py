@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from echo_nemo.errors import UserError
 
@@ -113,7 +118,7 @@ def _valid_keys(schema: type, dotted: str) -> list[str]:
 
 def _explain(e: OmegaConfBaseException, source: str, schema: type) -> UserError:
     key = getattr(e, "full_key", None) or getattr(e, "key", None) or "?"
-    if isinstance(e, ConfigKeyError):
+    if isinstance(e, ConfigKeyError | ConfigAttributeError):
         valid = _valid_keys(schema, str(key))
         close = difflib.get_close_matches(str(key).split(".")[-1], valid, n=1)
         hint = f"; did you mean {'.'.join(str(key).split('.')[:-1] + close[:1])!r}?" if close else ""

@@ -10,6 +10,10 @@ by `init_distributed` (or `apply_cpu_patches`) and only when CUDA is absent:
   attention even with dropout 0): a CPU tracker forks `torch.get_rng_state()`.
 - the unfused softmax builds its default causal mask with device="cuda": the same
   mask is built on CPU.
+- dist-checkpointing's writer collects results through a spawn-context Manager queue
+  (a fresh interpreter that re-imports `__main__`, 2-4 s per process). Our saves are
+  synchronous, so the queue is only used inside the saving process: a plain
+  `queue.Queue` does the same job.
 
 Launchers: torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*), srun (SLURM_PROCID,
 SLURM_NTASKS, SLURM_LOCALID, first host of SLURM_JOB_NODELIST), or a plain single
@@ -97,6 +101,11 @@ def apply_cpu_patches() -> None:
     fused_softmax.get_default_causal_mask = cpu_causal_mask
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    import queue
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    filesystem_async._results_queue = queue.Queue()
     mrandom.model_parallel_cuda_manual_seed = _cpu_model_parallel_seed
     tensor_parallel.model_parallel_cuda_manual_seed = _cpu_model_parallel_seed
     _CPU_PATCHED = True
@@ -145,7 +154,10 @@ def detect_env() -> DistEnv:
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", 29500)),
         )
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    # Only inside an srun step: the batch script itself also sees SLURM_PROCID=0 and the
+    # allocation's SLURM_NTASKS, and would wait forever for ranks nobody started.
+    in_step = "SLURM_STEP_ID" in env or "SLURM_STEPID" in env
+    if in_step and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         job = int(env.get("SLURM_JOB_ID", "0"))
         return DistEnv(
             rank=int(env["SLURM_PROCID"]),
@@ -154,7 +166,9 @@ def detect_env() -> DistEnv:
             master_addr=env.get("MASTER_ADDR") or _slurm_master_addr(),
             master_port=int(env.get("MASTER_PORT", 20000 + job % 20000)),
         )
-    return DistEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or free_port())
+    # A lone process needs no agreed port: a stale MASTER_PORT (e.g. inherited from a
+    # parent that ran its own group) must not make it collide.
+    return DistEnv(0, 1, 0, "127.0.0.1", free_port())
 
 
 def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_min: int = 30) -> DistEnv:
@@ -177,8 +191,8 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_min: in
     else:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", env.master_addr)
-        os.environ.setdefault("MASTER_PORT", str(env.master_port))
+        # The rendezvous address goes in init_method, not os.environ: writing it there
+        # would leak into every subprocess this process starts.
         dist.init_process_group(
             backend="nccl" if cuda else "gloo",
             init_method=f"tcp://{env.master_addr}:{env.master_port}",

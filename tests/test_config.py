@@ -58,6 +58,12 @@ def test_unknown_key_names_file_key_and_closest(tmp_path):
     assert str(base) in msg and "optim.lrr" in msg and "'optim.lr'" in msg
 
 
+def test_unknown_override_key_gets_the_closest_key():
+    with pytest.raises(UserError) as e:
+        load_recipe(Toy, None, ["optim.lrr=0.1"])
+    assert "unknown config key 'optim.lrr'" in str(e.value) and "'optim.lr'" in str(e.value)
+
+
 def test_wrong_type_names_key_value_and_type(tmp_path):
     with pytest.raises(UserError) as e:
         load_recipe(Toy, None, ["steps=many"])
@@ -129,6 +135,11 @@ def test_cli_rejects_unknown_key_and_wrong_type(cli, tmp_path, kind):
     ok = cli("config", real)
     assert ok.returncode == 0, ok.stderr
     assert f"{name}:" in ok.stdout
+
+
+def test_cli_rejects_an_unknown_model_scale(cli):
+    res = cli("config", REPO / "recipes" / "pretrain" / "tiny.yaml", "model.scale=huge")
+    assert res.returncode == 2 and "'huge'" in res.stderr and "150m" in res.stderr
 
 
 def test_cli_usage_errors(cli):

@@ -132,7 +132,8 @@ def _export_torchrun_env() -> None:
         RANK=str(env.global_rank),
         WORLD_SIZE=str(env.num_tasks),
         LOCAL_RANK=str(env.local_rank),
-        MASTER_ADDR="127.0.0.1",
+        # rank 0 runs on the first node of the allocation (multi-node jobs included)
+        MASTER_ADDR=env.hostnames[0],
         MASTER_PORT=str(port),
     )
 

@@ -39,6 +39,69 @@ class NonAffineLayerNorm(torch.nn.Module):
         return F.layer_norm(x, (self.hidden_size,), eps=self.eps)
 
 
+class SdpaAttention(torch.nn.Module):
+    """Core attention through torch's `scaled_dot_product_attention`, built by the layer spec.
+
+    megatron's local `DotProductAttention` materialises the [b, h, s, s] score matrix with
+    baddbmm + softmax; SDPA picks a fused kernel (flash / memory-efficient on GPU, the
+    flash kernel on CPU) with the same math: softmax(q k^T / sqrt(d) + causal mask) v.
+    Heads are already split over TP ranks by the qkv projection, so this is TP-agnostic.
+    """
+
+    def __init__(
+        self,
+        config,
+        layer_number: int = 1,
+        attn_mask_type=None,
+        attention_type: str = "self",
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ) -> None:
+        super().__init__()
+        from megatron.core import parallel_state as ps
+
+        tp = ps.get_tensor_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+        self.config = config
+        self.hidden_per_partition = config.kv_channels * config.num_attention_heads // tp
+        self.scale = softmax_scale
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type=None,
+        attention_bias=None,
+        packed_seq_params=None,
+    ) -> torch.Tensor:
+        sq, b = query.shape[0], query.shape[1]
+        sk = key.shape[0]
+        # megatron: [s, b, heads, d]; SDPA: [b, heads, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        mask, causal = None, False
+        if attention_mask is not None:
+            mask = ~attention_mask  # megatron masks where True; SDPA attends where True
+        elif sq == sk:
+            causal = True
+        else:  # queries are the last sq positions (decoding with a KV cache)
+            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(diagonal=sk - sq)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+            scale=self.scale,
+            enable_gqa=k.shape[1] != q.shape[1],
+        )
+        return out.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_per_partition)
+
+
 def transformer_config(scale: Scale, cfg: ModelConfig, params_dtype: torch.dtype, tp: int = 1):
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -81,6 +144,7 @@ def layer_spec(num_layers: int):
     spec = get_gpt_layer_local_spec()
     spec.submodules.input_layernorm = ModuleSpec(module=NonAffineLayerNorm)
     spec.submodules.pre_mlp_layernorm = ModuleSpec(module=NonAffineLayerNorm)
+    spec.submodules.self_attention.submodules.core_attention = SdpaAttention
     return TransformerBlockSubmodules(
         layer_specs=[spec] * num_layers, layer_norm=ModuleSpec(module=NonAffineLayerNorm)
     )
@@ -122,12 +186,40 @@ def build_gpt(
     return model
 
 
-def causal_forward(model, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, parallel: bool = True) -> torch.Tensor:
+    """Set the logits of padded vocabulary ids (>= vocab_size) to the dtype's minimum, in place.
+
+    The embedding is padded to a multiple of 128 * TP, so without this mask the padded
+    rows join the softmax and the loss would depend on the TP size. `parallel`: the
+    logits are this TP rank's vocabulary shard (else the full padded vocabulary).
+    """
+    from echo_nemo.distributed import tp_rank
+
+    local = logits.shape[-1]
+    start = tp_rank() * local if parallel else 0
+    if start + local > vocab_size:
+        logits[..., max(vocab_size - start, 0) :] = torch.finfo(logits.dtype).min
+    return logits
+
+
+def causal_forward(
+    model, tokens: torch.Tensor, labels: torch.Tensor | None = None, vocab_size: int | None = None
+) -> torch.Tensor:
     """Run the GPT on [batch, seq] tokens: per-token loss [b, s] with labels, else logits.
 
     Logits are vocab-parallel ([b, s, V/tp]) unless the model was built with
-    parallel_output=False.
+    parallel_output=False. With `vocab_size` (the tokenizer's), padded vocabulary ids are
+    masked out of the logits and the loss (the loss is then the same at every TP size).
     """
     b, s = tokens.shape
     position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-    return model(tokens, position_ids, attention_mask=None, labels=labels)
+    if vocab_size is None:
+        return model(tokens, position_ids, attention_mask=None, labels=labels)
+    parallel = getattr(getattr(model, "module", model), "parallel_output", True)
+    logits = model(tokens, position_ids, attention_mask=None)
+    logits = mask_padded_vocab(logits, vocab_size, parallel)
+    if labels is None:
+        return logits
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    return vocab_parallel_cross_entropy(logits.float(), labels)

@@ -1,0 +1,143 @@
+"""Rollout throughput: echo-nemo's KV-cache sampler on megatron-core vs transformers `generate`.
+
+Same run, same weights, same batch: a freshly initialised GPT of the chosen scale is
+built with megatron-core; its weights are copied into transformers' OlmoForCausalLM
+with the exporter's own mapping (echo_nemo.export.hf.megatron_to_hf), and the two
+models are checked to give the same logits before anything is timed. Both then sample
+B completions of N new tokens (temperature 1, left-padded prompts of the echo-lab
+test set), best of R repeats each. Figure: generated tokens/s; baseline: HF generate
+(with its KV cache); ratio = ours / HF.
+
+When a GPU is present it also times one PPO-style update (forward + backward of the
+policy over the rollout batch) in tokens/s.
+
+Run: python benchmarks/bench_rollout.py [--scale tiny] [--batch 64] [--new-tokens 128] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def build(scale: str, dtype: torch.dtype):
+    from echo_nemo.distributed import init_distributed
+    from echo_nemo.export.hf import megatron_to_hf, olmo_config
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.scales import get_scale
+    from echo_nemo.tokenizer import load_tokenizer
+
+    init_distributed(tp=1, seed=0)
+    tok = load_tokenizer()
+    cfg = ModelConfig(scale=scale, vocab_size=tok.vocab_size)
+    torch.manual_seed(0)
+    ours = build_gpt(cfg, tok.vocab_size, params_dtype=dtype).eval()
+    from transformers import OlmoForCausalLM
+
+    sd = {k: v for k, v in ours.state_dict().items() if not k.endswith("_extra_state") and v is not None}
+    hf = OlmoForCausalLM(olmo_config(cfg, get_scale(scale), tok, dtype))
+    missing, unexpected = hf.load_state_dict(megatron_to_hf(sd, get_scale(scale), tok.vocab_size), strict=False)
+    # only buffers (rotary tables) may be missing: every weight must have been copied
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    hf = hf.to(device=next(ours.parameters()).device, dtype=dtype).eval()
+    return ours, hf, tok
+
+
+@torch.no_grad()
+def check_same_logits(ours, hf, tok) -> float:
+    from echo_nemo.model.build import causal_forward
+
+    dev = next(ours.parameters()).device
+    ids = torch.tensor([tok.encode("Tom has 3 apples and buys 4 more. How many?\n\n")], device=dev)
+    a = causal_forward(ours, ids)[..., : tok.vocab_size].float()
+    b = hf(ids).logits.float()
+    return float((a - b).abs().max())
+
+
+def time_ours(ours, tok, prompts: list[str], new_tokens: int, repeats: int) -> tuple[float, int]:
+    from echo_nemo.rl.rollout import generate
+
+    best, tokens = float("inf"), 0
+    for r in range(repeats):
+        _sync()
+        t0 = time.perf_counter()
+        out = generate(ours, tok, prompts, max_new_tokens=new_tokens, temperature=1.0, seed=r)
+        _sync()
+        dt = time.perf_counter() - t0
+        if dt < best:
+            best, tokens = dt, out.num_tokens
+    return best, tokens
+
+
+@torch.no_grad()
+def time_hf(hf, tok, prompts: list[str], new_tokens: int, repeats: int) -> tuple[float, int]:
+    dev = next(hf.parameters()).device
+    ids = [tok.encode(p) for p in prompts]
+    width = max(map(len, ids))
+    pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=dev)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=dev)
+    best = float("inf")
+    for _ in range(repeats):
+        _sync()
+        t0 = time.perf_counter()
+        out = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
+                          top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad)
+        _sync()
+        best = min(best, time.perf_counter() - t0)
+    return best, int(out[:, width:].numel())
+
+
+def time_update(ours, tok, prompts: list[str], new_tokens: int, micro_batch: int) -> float:
+    """Tokens/s of one policy-gradient forward+backward over a rollout batch (GPU only)."""
+    from echo_nemo.rl.common import build_experience, micro_batches, sequence_logprobs
+    from echo_nemo.rl.rollout import generate
+
+    out = generate(ours, tok, prompts, max_new_tokens=new_tokens, temperature=1.0, seed=0)
+    exp = build_experience(out, [0.0] * len(prompts), tok.eos_id, next(ours.parameters()).device)
+    ours.train()
+    _sync()
+    t0 = time.perf_counter()
+    for sl in micro_batches(len(exp), micro_batch):
+        lp, _ = sequence_logprobs(ours, exp.tokens[sl], 1.0, tok.vocab_size)
+        (-(lp * exp.mask[sl]).sum()).backward()
+    _sync()
+    return float(exp.tokens.numel()) / (time.perf_counter() - t0)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", default="tiny")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    args = ap.parse_args()
+    from echo_nemo.data.sources import load_problems
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    ours, hf, tok = build(args.scale, dtype)
+    diff = check_same_logits(ours, hf, tok)
+    print(f"scale {args.scale}, batch {args.batch}, {args.new_tokens} new tokens, {dtype}, "
+          f"device {next(ours.parameters()).device}; max |logit diff| megatron vs HF = {diff:.2e}")
+    prompts = [p.prompt for p in load_problems("echolab_test", limit=args.batch)]
+    prompts = (prompts * (args.batch // max(1, len(prompts)) + 1))[: args.batch]
+    t_hf, n_hf = time_hf(hf, tok, prompts, args.new_tokens, args.repeats)
+    t_ours, n_ours = time_ours(ours, tok, prompts, args.new_tokens, args.repeats)
+    ours_tps, hf_tps = n_ours / t_ours, n_hf / t_hf
+    print(f"baseline transformers generate: {hf_tps:10.1f} tokens/s ({n_hf} tokens in {t_hf:.2f} s)")
+    print(f"echo-nemo rollout (KV cache):   {ours_tps:10.1f} tokens/s ({n_ours} tokens in {t_ours:.2f} s)")
+    print(f"ratio echo-nemo / transformers: {ours_tps / hf_tps:.2f}x")
+    if torch.cuda.is_available():
+        print(f"policy update (fwd+bwd):        {time_update(ours, tok, prompts, args.new_tokens, args.micro_batch):10.1f} tokens/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""`echo-nemo rl RECIPE [key=value ...]`: RL fine-tuning (ppo, grpo, reinforce, ei) from a recipe.
+
+The algorithm is the recipe's `algorithm` key (overridable: `algorithm=grpo`). Without
+`reward.url` the command starts a local reward server and stops it when it ends.
+Running again with the same run_dir resumes from the newest checkpoint. For TP=2:
+`torchrun --nproc-per-node 2 -m echo_nemo.cli rl RECIPE model.tp=2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rl", help="RL fine-tune a model (ppo, grpo, reinforce, ei)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="a YAML file under recipes/rl/")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. kl.coef=0.01 steps=20")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from echo_nemo.config import load_recipe
+    from echo_nemo.rl.config import RLConfig
+    from echo_nemo.rl.run import run_rl
+
+    cfg = load_recipe(RLConfig, args.recipe, args.overrides)
+    run_dir = run_rl(cfg)
+    from echo_nemo import distributed as D
+
+    if D.is_main():
+        print(f"rl run dir: {run_dir}")
+    return 0

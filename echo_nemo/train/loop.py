@@ -1,0 +1,247 @@
+"""The pretraining loop, top to bottom: `pretrain(cfg)`.
+
+Global-batch semantics: one optimizer step always consumes `train.global_batch_size`
+sequences, split as micro_batch_size x data-parallel ranks x accumulation steps, and
+the loss is the mean over all of their tokens, so the same recipe gives the same
+updates at any TP / DP / accumulation split (up to float reassociation).
+
+Precision: fp32 on CPU; on GPU fp32 master weights with bf16 autocast (what OLMo's
+mixed-precision training does), unless `train.precision` says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from echo_nemo import distributed as D
+from echo_nemo.errors import UserError
+from echo_nemo.train.config import PretrainConfig
+
+
+# ----------------------------------------------------------------------------- pieces
+def checkpoint_steps(cfg: PretrainConfig) -> tuple[set[int], set[int]]:
+    """(steps to save at, steps to keep forever): every N, the end, explicit and log-spaced."""
+    total, ck = cfg.train.steps, cfg.checkpoint
+    keep = {s for s in ck.keep_steps if 0 < s <= total}
+    if ck.log_spaced > 0:  # the study's logspace(-2.1, 0, n) x total steps
+        keep |= {max(1, round(f * total)) for f in np.logspace(-2.1, 0, ck.log_spaced)}
+    save = set(keep) | {total}
+    if ck.every > 0:
+        save |= set(range(ck.every, total + 1, ck.every))
+    return save, keep
+
+
+def allreduce_grads(model: torch.nn.Module, group) -> None:
+    """Average gradients over the data-parallel group (one flat buffer, one all-reduce)."""
+    if dist.get_world_size(group) == 1:
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float, tp_group) -> float:
+    """Global L2 norm of the gradients across TP shards; scale them to `max_norm` if above.
+
+    norm = sqrt(sum over TP ranks of sum_p |g_p|^2), counting TP-duplicated params once.
+    """
+    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+
+    grads = [
+        p.grad
+        for p in model.parameters()
+        if p.grad is not None and param_is_not_tensor_parallel_duplicate(p)
+    ]
+    sq = torch.zeros((), dtype=torch.float32, device=D.device())
+    for g in grads:
+        sq += g.detach().float().pow(2).sum()
+    if dist.get_world_size(tp_group) > 1:
+        dist.all_reduce(sq, group=tp_group)
+    norm = sq.sqrt().item()
+    if max_norm > 0 and norm > max_norm:
+        coef = max_norm / (norm + 1e-6)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(coef)
+    return norm
+
+
+def _copy_tokenizer(manifest: dict[str, Any], shard_dir: str, run_dir: Path):
+    """Load the shards' tokenizer and keep a copy in run_dir/tokenizer/ (checkpoints point there)."""
+    from echo_nemo.tokenizer import load_tokenizer
+
+    tok_path = manifest.get("tokenizer")
+    if tok_path and not Path(tok_path).is_absolute() and (Path(shard_dir) / tok_path).exists():
+        tok_path = str(Path(shard_dir) / tok_path)
+    tokenizer = load_tokenizer(tok_path)
+    if D.is_main():
+        tokenizer.save(str(run_dir / "tokenizer"))
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- the loop
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Train `cfg.model` on `cfg.data.shards`; returns the run dir. Resumes automatically."""
+    from tqdm import tqdm
+
+    from echo_nemo.config import save_config
+    from echo_nemo.data.loader import ShardLoader, read_manifest
+    from echo_nemo.metrics import MetricsLogger, truncate_metrics
+    from echo_nemo.model.build import build_gpt, causal_forward
+    from echo_nemo.model.scales import flops_per_token, get_scale, param_counts
+    from echo_nemo.train import checkpoint as C
+    from echo_nemo.train.mfu import device_peak_flops, mfu
+    from echo_nemo.train.optim import build_optimizer
+
+    # --- set-up: process groups, data, model, optimizer
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    D.init_distributed(tp=cfg.parallel.tp, seed=cfg.train.seed)
+    from megatron.core import parallel_state as ps
+
+    run_dir = Path(cfg.run_dir)
+    manifest = read_manifest(cfg.data.shards)  # validates the build (UserError if broken)
+    vocab, seq = int(manifest["vocab_size"]), int(manifest["seq_length"])
+    if cfg.model.vocab_size not in (None, vocab):
+        raise UserError(
+            f"model.vocab_size={cfg.model.vocab_size} but the shards in {cfg.data.shards!r} "
+            f"were tokenized with a vocabulary of {vocab}"
+        )
+    model_cfg = replace(cfg.model, vocab_size=vocab, seq_length=cfg.model.seq_length or seq)
+    if model_cfg.seq_length < seq:
+        raise UserError(f"model.seq_length={model_cfg.seq_length} is shorter than the shards' {seq}")
+    dp_rank, dp_size = D.dp_rank(), D.dp_size()
+    micro, gbs = cfg.train.micro_batch_size, cfg.train.global_batch_size
+    if gbs % (micro * dp_size):
+        raise UserError(
+            f"train.global_batch_size={gbs} is not a multiple of micro_batch_size x data-parallel "
+            f"size = {micro} x {dp_size}"
+        )
+    accum = gbs // (micro * dp_size)
+    cuda = torch.cuda.is_available()
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
+    device = D.device()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if D.is_main():
+        save_config(cfg, run_dir)
+        for stale in C.remove_incomplete(run_dir):
+            print(f"[pretrain] removed {stale.name}: a save that was killed before it finished")
+    tokenizer = _copy_tokenizer(manifest, cfg.data.shards, run_dir)
+    D.barrier()
+    model = build_gpt(model_cfg, vocab)  # fp32 master weights; bf16 through autocast
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
+    loader = ShardLoader(cfg.data.shards, micro, dp_rank=dp_rank, dp_size=dp_size, seed=cfg.train.seed)
+    save_steps, keep_steps = checkpoint_steps(cfg)
+
+    # --- resume from the latest complete checkpoint
+    step = 0
+    latest = C.latest_checkpoint(run_dir) if cfg.checkpoint.resume else None
+    if latest is not None:
+        loaded = C.load_checkpoint(latest, model, optimizer)
+        scheduler.load_state_dict(loaded.extra["scheduler"])
+        loader.load_state_dict(loaded.extra["loader"])  # global sample count: any DP size
+        if loaded.rank_extra is not None:  # same layout: every rank's RNG streams continue
+            C.set_rng_state(loaded.rank_extra["rng"])
+        step = loaded.step
+        if D.is_main():
+            truncate_metrics(run_dir, step)
+    elif cfg.train.init_from:
+        init_meta = C.read_meta(cfg.train.init_from)
+        got = (init_meta["model"].get("scale"), init_meta["model"].get("vocab_size"))
+        if got != (model_cfg.scale, vocab):
+            raise UserError(
+                f"train.init_from={cfg.train.init_from!r} holds a {got[0]!r} model with vocabulary "
+                f"{got[1]}, but this run trains {model_cfg.scale!r} on shards with vocabulary {vocab}"
+            )
+        C.load_checkpoint(cfg.train.init_from, model, None, load_rank_extra=False)
+    logger = MetricsLogger(run_dir, enabled=D.is_main())
+    scale = get_scale(model_cfg.scale)
+    flops_tok = flops_per_token(scale, vocab, seq)
+    peak = device_peak_flops()
+    world = dist.get_world_size()
+    dp_group, tp_group = ps.get_data_parallel_group(), ps.get_tensor_model_parallel_group()
+    if D.is_main():
+        print(
+            f"[pretrain] {model_cfg.scale}: {param_counts(scale, vocab)['params']:,} params, "
+            f"tp={D.tp_size()} dp={dp_size} accum={accum}, {'bf16' if bf16 else 'fp32'}, "
+            f"steps {step}->{cfg.train.steps}, run dir {run_dir}"
+        )
+
+    # --- train
+    batches = iter(loader)
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=not D.is_main(), desc="pretrain")
+    model.train()
+    while step < cfg.train.steps:
+        t0 = time.perf_counter()
+        lr = scheduler.get_last_lr()[0]
+        loss_sum = torch.zeros((), device=device)
+        for _ in range(accum):
+            batch = next(batches).to(device, non_blocking=True).long()
+            tokens, labels = batch[:, :-1], batch[:, 1:]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                per_token = causal_forward(model, tokens, labels, vocab_size=vocab)
+            loss = per_token.float().mean() / accum
+            loss.backward()
+            loss_sum += loss.detach()
+        allreduce_grads(model, dp_group)
+        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, tp_group)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if dp_size > 1:
+            dist.all_reduce(loss_sum, group=dp_group)
+            loss_sum /= dp_size
+        step += 1
+
+        # --- log
+        loss_value = loss_sum.item()  # also waits for the GPU, so the timing is honest
+        dt = time.perf_counter() - t0
+        tokens_per_s = gbs * seq / dt
+        if not math.isfinite(loss_value):
+            raise RuntimeError(f"loss is {loss_value} at step {step}: diverged")
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            logger.log(
+                step,
+                {
+                    "loss": loss_value,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "throughput/tokens_per_s": tokens_per_s,
+                    "mfu": mfu(tokens_per_s, flops_tok, peak, world),
+                    "time/step_s": dt,
+                },
+            )
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+        bar.update(1)
+
+        # --- checkpoint
+        if step in save_steps:
+            C.save_checkpoint(
+                run_dir,
+                step,
+                model,
+                optimizer,
+                model_config=model_cfg,
+                tokenizer=run_dir / "tokenizer",
+                kind="pretrain",
+                extra={"scheduler": scheduler.state_dict(), "loader": loader.state_dict()},
+                rank_extra={"rng": C.rng_state()},
+                keep_last=cfg.checkpoint.keep_last,
+                keep_steps=sorted(keep_steps),
+            )
+    bar.close()
+    logger.close()
+    del tokenizer
+    return run_dir

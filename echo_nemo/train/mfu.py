@@ -1,0 +1,61 @@
+"""Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak.
+
+On GPU the peak is the device's dense bf16 figure from its datasheet; on CPU it is the
+fp32 matmul throughput measured at start-up with the threads torch will use.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+# Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from NVIDIA datasheets (SXM parts).
+GPU_BF16_PEAK = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+}
+
+
+def gpu_peak_flops(name: str | None = None) -> float | None:
+    """The bf16 peak of the current (or named) GPU, None when unknown."""
+    name = name or (torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+    if "H100" in name and "PCIe" in name:
+        return 756e12
+    for key, peak in GPU_BF16_PEAK.items():
+        if key in name:
+            return peak
+    return None
+
+
+def cpu_matmul_peak(n: int = 512, seconds: float = 0.5, trials: int = 5) -> float:
+    """Measured fp32 matmul FLOP/s on this CPU: 2 n^3 FLOPs per [n,n] @ [n,n].
+
+    The best of `trials` short windows, so a moment of contention from other processes
+    does not pass for the hardware's peak.
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):  # warm up the BLAS thread pool
+        a @ b
+    best = 0.0
+    for _ in range(trials):
+        count, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds / trials:
+            a @ b
+            count += 1
+        best = max(best, 2 * n**3 * count / elapsed)
+    return best
+
+
+def device_peak_flops() -> float | None:
+    return gpu_peak_flops() if torch.cuda.is_available() else cpu_matmul_peak()
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float | None, devices: int = 1) -> float:
+    """MFU = tokens/s * training FLOPs per token / (devices * peak FLOP/s)."""
+    if not peak_flops:
+        return float("nan")
+    return tokens_per_s * flops_per_token / (devices * peak_flops)

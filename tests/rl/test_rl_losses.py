@@ -1,0 +1,89 @@
+"""Loss terms against values computed by hand, including the clipping edges."""
+
+import math
+
+import pytest
+import torch
+
+from echo_nemo.rl.losses import (
+    clipped_pg_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    kl_estimate,
+    masked_mean,
+)
+
+
+def _lp(ratios):
+    return torch.log(torch.tensor([ratios]))
+
+
+def test_clipped_pg_is_the_plain_surrogate_at_ratio_one():
+    old = torch.tensor([[-1.0, -2.0, -0.5]])
+    adv = torch.tensor([[1.0, -2.0, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, st = clipped_pg_loss(old.clone(), old, adv, mask, clip=0.2)
+    assert loss.item() == pytest.approx(-(1.0 - 2.0) / 2)
+    assert st["ratio"].item() == 1.0
+    assert st["clipfrac"].item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "ratio, adv, expected, clipped",
+    [
+        (1.5, 1.0, -1.2, True),  # positive advantage: gain capped at 1 + eps
+        (0.5, 1.0, -0.5, False),  # positive advantage, ratio below 1 - eps: not clipped (pessimistic)
+        (0.5, -1.0, 0.8, True),  # negative advantage: capped at 1 - eps
+        (1.5, -1.0, 1.5, False),  # negative advantage, ratio above: full penalty
+        (1.2, 1.0, -1.2, False),  # exactly on the edge: both terms equal
+        (0.8, -1.0, 0.8, False),
+    ],
+)
+def test_clipped_pg_clipping_edges(ratio, adv, expected, clipped):
+    old = torch.zeros(1, 1)
+    loss, st = clipped_pg_loss(_lp([ratio]), old, torch.tensor([[adv]]), torch.ones(1, 1), clip=0.2)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert st["clipfrac"].item() == (1.0 if clipped else 0.0)
+
+
+def test_clipped_pg_gradient_vanishes_when_clipped():
+    lp = _lp([1.5]).requires_grad_(True)
+    loss, _ = clipped_pg_loss(lp, torch.zeros(1, 1), torch.tensor([[1.0]]), torch.ones(1, 1), clip=0.2)
+    loss.backward()
+    assert lp.grad.item() == 0.0
+    lp2 = _lp([1.1]).requires_grad_(True)
+    loss2, _ = clipped_pg_loss(lp2, torch.zeros(1, 1), torch.tensor([[1.0]]), torch.ones(1, 1), clip=0.2)
+    loss2.backward()
+    assert lp2.grad.item() == pytest.approx(-1.1)  # d(-ratio)/dlogp = -ratio
+
+
+def test_clipped_value_loss_by_hand():
+    old = torch.tensor([[0.0, 0.0, 0.0]])
+    ret = torch.tensor([[1.0, 1.0, -1.0]])
+    v = torch.tensor([[0.5, 0.1, 0.5]])
+    mask = torch.ones(1, 3)
+    # token 0: V moved 0.5 > 0.2 toward the target: clipped V = 0.2, max((0.5)^2, (0.8)^2) = 0.64
+    # token 1: inside the clip range: (0.9)^2 = 0.81 both ways
+    # token 2: V moved away from the target: unclipped (1.5)^2 = 2.25 is the larger
+    expected = 0.5 * (0.64 + 0.81 + 2.25) / 3
+    assert clipped_value_loss(v, old, ret, mask, clip=0.2).item() == pytest.approx(expected)
+
+
+def test_kl_estimators_by_hand_and_zero_when_equal():
+    lp = torch.tensor([-1.0, -2.0])
+    ref = torch.tensor([-1.5, -1.0])
+    log_r = ref - lp  # [-0.5, 1.0]
+    assert kl_estimate(lp, ref, "k1").tolist() == pytest.approx([0.5, -1.0])
+    assert kl_estimate(lp, ref, "k2").tolist() == pytest.approx([0.125, 0.5])
+    assert kl_estimate(lp, ref, "k3").tolist() == pytest.approx([math.exp(x) - 1 - x for x in log_r.tolist()])
+    for kind in ("k1", "k2", "k3"):
+        assert kl_estimate(lp, lp.clone(), kind).abs().max().item() == 0.0
+    with pytest.raises(ValueError):
+        kl_estimate(lp, ref, "k4")
+
+
+def test_entropy_and_masked_mean():
+    assert entropy_from_logits(torch.zeros(2, 8)).tolist() == pytest.approx([math.log(8)] * 2)
+    assert entropy_from_logits(torch.tensor([[0.0, -1e9]])).item() == pytest.approx(0.0, abs=1e-6)
+    assert masked_mean(torch.tensor([1.0, 2.0, 9.0]), torch.tensor([1.0, 1.0, 0.0])).item() == 1.5
+    assert masked_mean(torch.tensor([1.0]), torch.tensor([0.0])).item() == 0.0

@@ -1,0 +1,125 @@
+"""Rollouts on the real megatron GPTModel: KV-cache equivalence, padding, stopping, TP=2."""
+
+import json
+
+import pytest
+import torch
+from rl_helpers import CharTokenizer, debug_model
+
+from echo_nemo.distributed import init_distributed, run_distributed
+from echo_nemo.rl.common import sequence_logprobs
+from echo_nemo.rl.rollout import filter_logits, generate, greedy_no_cache
+
+# 256 embedding rows at TP=1 and TP=2 alike (the vocab is padded to 128 * TP), so both
+# sizes draw the same initial weights; logits past the tokenizer's vocab are never sampled.
+MODEL_VOCAB = 256
+PROMPTS = ["What is 2+3?\n\n", "hi", "A longer prompt, with words.\n\n", "x"]
+
+
+@pytest.fixture(scope="module")
+def model_and_tok():
+    init_distributed(tp=1, seed=7)
+    tok = CharTokenizer()
+    model = debug_model(MODEL_VOCAB, seed=3)
+    with torch.no_grad():  # a peaked (non-uniform) model so greedy decoding is not a tie-fest
+        for p in model.parameters():
+            p.mul_(4.0)
+    return model, tok
+
+
+def test_greedy_with_cache_equals_no_cache_argmax_loop(model_and_tok):
+    model, tok = model_and_tok
+    out = generate(model, tok, PROMPTS, max_new_tokens=24, greedy=True)
+    for i, p in enumerate(PROMPTS):
+        ref = greedy_no_cache(model, tok.encode(p), 24, tok.eos_id, tok.vocab_size)
+        assert out.completion_ids[i] == ref, f"prompt {i} diverged"
+        assert out.prompt_ids[i] == tok.encode(p)
+    # batching (left padding) changes nothing: one prompt at a time gives the same tokens
+    alone = [generate(model, tok, [p], max_new_tokens=24, greedy=True).completion_ids[0] for p in PROMPTS]
+    assert alone == out.completion_ids
+
+
+def test_logprobs_match_a_training_forward(model_and_tok):
+    model, tok = model_and_tok
+    out = generate(model, tok, PROMPTS, max_new_tokens=12, temperature=0.7, seed=5)
+    for p_ids, c_ids, lps in zip(out.prompt_ids, out.completion_ids, out.logprobs):
+        tokens = torch.tensor([p_ids + c_ids])
+        lp, _ = sequence_logprobs(model.eval(), tokens, temperature=0.7, vocab_size=tok.vocab_size)
+        assert lps.shape == (len(c_ids),)
+        torch.testing.assert_close(lps, lp[0, len(p_ids) - 1 :], atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(model_and_tok):
+    model, tok = model_and_tok
+    kw = dict(max_new_tokens=16, temperature=1.0, top_p=0.9)
+    a = generate(model, tok, PROMPTS, seed=11, **kw)
+    b = generate(model, tok, PROMPTS, seed=11, **kw)
+    c = generate(model, tok, PROMPTS, seed=12, **kw)
+    assert a.completion_ids == b.completion_ids
+    assert a.completion_ids != c.completion_ids
+    greedy = generate(model, tok, PROMPTS, max_new_tokens=16, greedy=True)
+    topk1 = generate(model, tok, PROMPTS, max_new_tokens=16, top_k=1, seed=3)
+    assert topk1.completion_ids == greedy.completion_ids
+    # the decoded text is the completion without EOS
+    assert a.completions == [tok.decode(c) for c in a.completion_ids]
+
+
+def test_stops_at_eos_and_at_max_tokens(model_and_tok):
+    model, tok = model_and_tok
+    greedy = generate(model, tok, PROMPTS[:1], max_new_tokens=8, greedy=True)
+    assert greedy.finished == [False] and len(greedy.completion_ids[0]) == 8
+    # declare a token the model emits greedily to be EOS: generation must stop right
+    # after its first occurrence, with EOS kept as the last completion token
+    first = greedy.completion_ids[0]
+    j = max(i for i, t in enumerate(first) if t not in first[:i])
+    stop = CharTokenizer()
+    stop.eos_id = first[j]
+    out = generate(model, stop, PROMPTS[:1], max_new_tokens=8, greedy=True)
+    assert out.completion_ids[0] == first[: j + 1]
+    assert out.finished == [True]
+    assert len(out.logprobs[0]) == j + 1
+    assert out.completions[0] == stop.decode(first[:j])
+    # in a batch, rows that stop early leave the KV cache; the others must be unaffected
+    batch = generate(model, stop, PROMPTS * 2, max_new_tokens=20, greedy=True)
+    refs = [greedy_no_cache(model, stop.encode(p), 20, stop.eos_id, stop.vocab_size) for p in PROMPTS * 2]
+    assert batch.completion_ids == refs
+    assert batch.finished == [r[-1] == stop.eos_id for r in refs]
+    assert len({len(r) for r in refs}) > 1, "want rows of different lengths"
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    k2 = filter_logits(logits, top_k=2)
+    assert torch.isinf(k2[0, 2:]).all() and torch.isfinite(k2[0, :2]).all()
+    p = filter_logits(logits, top_p=0.8)  # 0.5 + 0.3 reaches 0.8: two tokens kept
+    assert torch.isfinite(p[0, :2]).all() and torch.isinf(p[0, 2:]).all()
+    p2 = filter_logits(logits, top_p=0.81)  # the third token crosses the threshold: kept
+    assert torch.isfinite(p2[0, :3]).all() and torch.isinf(p2[0, 3])
+
+
+def _tp_worker(out_path: str) -> None:
+    init_distributed(tp=2, seed=7)
+    tok = CharTokenizer()
+    model = debug_model(MODEL_VOCAB, seed=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    g = generate(model, tok, PROMPTS, max_new_tokens=16, greedy=True)
+    s = generate(model, tok, PROMPTS, max_new_tokens=16, temperature=1.0, seed=21)
+    rank = torch.distributed.get_rank()
+    with open(f"{out_path}.{rank}", "w") as f:
+        json.dump({"greedy": g.completion_ids, "sampled": s.completion_ids,
+                   "logprobs": [lp.tolist() for lp in s.logprobs]}, f)
+
+
+def test_tp2_equals_tp1(model_and_tok, tmp_path):
+    model, tok = model_and_tok
+    run_distributed(_tp_worker, 2, str(tmp_path / "tp2"))
+    ranks = [json.loads((tmp_path / f"tp2.{r}").read_text()) for r in range(2)]
+    assert ranks[0]["sampled"] == ranks[1]["sampled"]  # every TP rank holds the same samples
+    tp1_greedy = generate(model, tok, PROMPTS, max_new_tokens=16, greedy=True)
+    tp1_sampled = generate(model, tok, PROMPTS, max_new_tokens=16, temperature=1.0, seed=21)
+    assert ranks[0]["greedy"] == tp1_greedy.completion_ids
+    assert ranks[0]["sampled"] == tp1_sampled.completion_ids
+    for a, b in zip(ranks[0]["logprobs"], tp1_sampled.logprobs):
+        assert a == pytest.approx(b.tolist(), abs=1e-4)
