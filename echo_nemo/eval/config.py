@@ -1,0 +1,67 @@
+"""Typed config of `echo-nemo eval` (recipes/eval/*.yaml validate against EvalConfig)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from echo_nemo.errors import UserError
+
+# benchmark name on the command line -> problem set name of echo_nemo.data.sources.load_problems
+BENCHMARKS: dict[str, str] = {
+    "gsm8k": "gsm8k_test",
+    "math500": "math500",
+    "aime24": "aime24",
+    "aime25": "aime25",
+    "echolab": "echolab_test",
+}
+
+
+@dataclass
+class SamplingConfig:
+    """The sampled generations behind pass@k, maj@k and the format shares."""
+
+    n: int = 8  # samples per problem (0: greedy only)
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 0
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""  # a checkpoint dir (…/checkpoints/step_N) or a run dir (its latest)
+    benchmarks: list[str] = field(default_factory=lambda: ["echolab"])
+    data_paths: dict[str, str] = field(default_factory=dict)  # benchmark -> local file (default: built-in)
+    limit: int | None = None  # first N problems of each benchmark (None: all)
+    max_new_tokens: int = 256
+    max_prompt_tokens: int | None = None
+    greedy: bool = True  # greedy decoding for pass@1
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # pass@k reported for k <= n
+    batch_size: int = 64
+    seed: int = 0
+    tp: int = 1
+    run_dir: str = "runs/eval"
+    label: str = ""  # shown in reports, e.g. "before RL"
+    save_samples: bool = True  # samples.jsonl with every generation, its format and reward
+
+    def validate(self) -> None:
+        if not self.checkpoint:
+            raise UserError("eval config: `checkpoint` is required (a checkpoint dir or a run dir)")
+        unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
+        if unknown or not self.benchmarks:
+            raise UserError(
+                f"eval config: unknown benchmark(s) {unknown or '(none given)'}; expected some of {', '.join(BENCHMARKS)}"
+            )
+        bad_paths = [b for b in self.data_paths if b not in BENCHMARKS]
+        if bad_paths:
+            raise UserError(f"eval config: data_paths names unknown benchmark(s) {bad_paths}")
+        if self.sampling.n < 0 or (self.sampling.n > 0 and self.sampling.temperature <= 0):
+            raise UserError("eval config: sampling.n must be >= 0 and sampling.temperature > 0")
+        if not self.greedy and self.sampling.n == 0:
+            raise UserError("eval config: greedy=false and sampling.n=0 leave nothing to evaluate")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"eval config: limit must be >= 1 (got {self.limit})")
+        if self.max_new_tokens < 1 or self.batch_size < 1 or self.tp < 1:
+            raise UserError("eval config: max_new_tokens, batch_size and tp must be >= 1")
+        if any(k < 1 for k in self.ks):
+            raise UserError(f"eval config: ks must be positive (got {self.ks})")
