@@ -29,11 +29,14 @@ FORMATS = ("tinygsm", "llm_code", "text", "other")
 
 # ----------------------------------------------------------------------------- pure helpers
 def checkpoint_steps(total: int, num: int = 15) -> list[int]:
-    """The study's log-spaced checkpoint steps: ceil(logspace(-2.1, 0, num) * total), unique, >= 1."""
-    if num <= 0:
+    """The study's log-spaced checkpoint steps: ceil(logspace(-2.1, 0, num) * total), unique, >= 1.
+
+    The last step is always among them (num <= 1 keeps only it): a run's result is saved.
+    """
+    if num <= 1:
         return [total]
     fracs = np.logspace(-2.1, 0, num)
-    return sorted({max(1, min(total, math.ceil(f * total - 1e-9))) for f in fracs})
+    return sorted({max(1, min(total, math.ceil(f * total - 1e-9))) for f in fracs} | {total})
 
 
 def format_stats(formats: list[str], rewards: list[float], prefix: str = "") -> dict[str, float]:

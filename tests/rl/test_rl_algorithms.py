@@ -125,6 +125,7 @@ def test_checkpoint_steps_and_format_stats():
     steps = checkpoint_steps(1168)
     assert steps[0] == 10 and steps[-1] == 1168 and len(steps) == 15  # ceil(10^-2.1 * 1168) = 10
     assert checkpoint_steps(3) == [1, 2, 3]
+    assert checkpoint_steps(40, 1) == [40] and checkpoint_steps(40, 2) == [1, 40]  # the end is saved
     stats = format_stats(["text", "text", "tinygsm", "other"], [1.0, 0.0, 1.0, 0.0])
     assert stats["format/text/share"] == 0.5 and stats["format/text/acc"] == 0.5
     assert stats["format/llm_code/share"] == 0.0 and stats["format/llm_code/acc"] == 0.0
