@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from echo_nemo.config import load_recipe, save_config, schema_for_recipe
 from echo_nemo.errors import UserError
@@ -134,7 +135,10 @@ def test_cli_rejects_unknown_key_and_wrong_type(cli, tmp_path, kind):
 
     ok = cli("config", real)
     assert ok.returncode == 0, ok.stderr
-    assert f"{name}:" in ok.stdout
+    resolved = yaml.safe_load(ok.stdout)
+    for part in key.split("."):
+        resolved = resolved[part]
+    assert resolved is not None
 
 
 def test_cli_rejects_an_unknown_model_scale(cli):

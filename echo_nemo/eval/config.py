@@ -45,8 +45,7 @@ class EvalConfig:
     save_samples: bool = True  # samples.jsonl with every generation, its format and reward
 
     def validate(self) -> None:
-        if not self.checkpoint:
-            raise UserError("eval config: `checkpoint` is required (a checkpoint dir or a run dir)")
+        # `checkpoint` may be empty in a recipe (it comes with --checkpoint): run_eval checks it
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
         if unknown or not self.benchmarks:
             raise UserError(

@@ -175,6 +175,8 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     from echo_nemo.train.checkpoint import load_model_for_inference, read_meta, resolve_checkpoint
 
     cfg.validate()
+    if not cfg.checkpoint:
+        raise UserError("eval: `checkpoint` is required (--checkpoint: a checkpoint dir or a run dir)")
     ckpt = resolve_checkpoint(cfg.checkpoint)
     step = int(read_meta(ckpt).get("step", 0))
     problems = {b: load_benchmark(b, cfg) for b in cfg.benchmarks}  # bad data fails before the model loads

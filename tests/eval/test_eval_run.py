@@ -98,3 +98,8 @@ def test_eval_at_tp2_matches_tp1(checkpoint_run, tmp_path, cli):
         assert json.loads((out / "config.yaml").read_text().split("tp:")[1].split()[0]) == tp
     assert len(outs[1]) == 2
     assert [s["completion"] for s in outs[2]] == [s["completion"] for s in outs[1]]
+
+
+def test_eval_recipe_without_checkpoint_exits_2(cli, tmp_path):
+    r = cli("eval", "--benchmarks", "echolab", "--out", str(tmp_path / "e"))
+    assert r.returncode == 2 and "checkpoint" in r.stderr and "Traceback" not in r.stderr

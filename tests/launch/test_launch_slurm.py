@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,12 +111,14 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tiny_shards, tm
 
     # srun lets the step run ~5 s after `scontrol requeue` before killing it: the run
     # must still be going by then, or it finishes before the requeue takes effect.
-    steps = 80
+    # On an idle machine a debug step takes ~10 ms and a save ~0.4 s: 1000 steps saved
+    # every 100 leave well over KillWait + the requeue delay after the first checkpoint.
+    steps = 1000
     recipe = _write_sweep(
         tmp_path,
         "requeue",
         "{train.seed: [3]}",
-        pretrain_overrides(tiny_shards, steps=steps, every=4),
+        pretrain_overrides(tiny_shards, steps=steps, every=100),
     )
     plan = plan_sweep(recipe)
     [(point, job)] = submit_sweep(plan, "slurm")
@@ -144,6 +148,8 @@ def test_plain_sbatch_template_runs_pretraining_under_srun(slurm_cluster, tiny_s
     `echo-nemo pretrain` under srun and the run completes as 2 tasks at TP=2."""
     run_dir = tmp_path / "run"
     overrides = [*pretrain_overrides(tiny_shards, steps=2), f"run_dir={run_dir}", "parallel.tp=2"]
+    # the batch script finds `python` on PATH, as for a user with the venv activated
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     r = subprocess.run(
         [
             "sbatch",
@@ -163,6 +169,7 @@ def test_plain_sbatch_template_runs_pretraining_under_srun(slurm_cluster, tiny_s
         text=True,
         check=True,
         cwd=REPO,
+        env=env,
     )
     job_id = r.stdout.strip().split(";")[0]
     assert wait_state(job_id, "COMPLETED", timeout_s=240), (
