@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
 
@@ -51,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # megatron-core warns at import that apex / Transformer Engine are absent (expected
+    # on CPU) and about its own deprecations: noise in every command's output.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"megatron\.")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(megatron|torch\.distributed)\.")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
