@@ -41,6 +41,17 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _finish_step_axes(fig, ax, ylabel: str, title: str, path: Path) -> Path:
+    """Integer step axis, labels, grid and legend, then save."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_format_share(rows: Sequence[dict[str, Any]], path: Path, title: str, prefix: str = "") -> Path | None:
     """Stacked area of `<prefix>format/<name>/share` over steps; None if not logged."""
     shares = {f: dict(zip(*series(rows, f"{prefix}format/{f}/share"))) for f in FORMATS}
@@ -79,13 +90,7 @@ def plot_metric_curves(
     if not drawn:
         plt.close(fig)
         return None
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish_step_axes(fig, ax, ylabel, title, path)
 
 
 def plot_pass_at_k(evals: Sequence[tuple[str, dict[str, Any]]], benchmark: str, path: Path) -> Path | None:
@@ -147,10 +152,4 @@ def plot_sweep(
     if drawn < 1:
         plt.close(fig)
         return None
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _finish_step_axes(fig, ax, ylabel, title, path)
