@@ -30,4 +30,5 @@ def _run(args: argparse.Namespace) -> int:
 
     if D.is_main():
         print(f"rl run dir: {run_dir}")
+    D.destroy_distributed()
     return 0

@@ -109,6 +109,28 @@ def micro_batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def length_batches(mask: torch.Tensor, size: int) -> list[tuple[torch.Tensor, int]]:
+    """Micro-batches of rows of similar length, each cut to its longest row: [(rows, width)].
+
+    `tokens[rows, :width]` holds every real token of those rows and `mask[rows, :width - 1]`
+    every completion label. Rollout lengths vary several-fold (prompts up to
+    max_prompt_tokens, completions from a few tokens to max_new_tokens), so padding every
+    row to the batch maximum wastes a large share of the forward and backward passes;
+    causal attention makes the cut exact (no position sees the padding after it).
+    """
+    n = mask.size(0)
+    if n == 0:
+        return []
+    # a row's length: its last completion label position + 2 (labels are shifted by one)
+    ends = (mask > 0).cumsum(-1).argmax(-1) + 2
+    order = torch.argsort(ends, stable=True)
+    out = []
+    for i in range(0, n, size):
+        rows = order[i : i + size]
+        out.append((rows, min(int(ends[rows].max()), mask.size(1) + 1)))
+    return out
+
+
 def lr_lambda(total_steps: int, warmup_frac: float, min_ratio: float) -> Callable[[int], float]:
     """Linear warmup over warmup_frac * total, then cosine from 1 to min_ratio."""
     warmup = max(0, int(round(warmup_frac * total_steps)))
@@ -272,21 +294,29 @@ class RLRun:
 
     def logprobs(self, model, exp: Experience, with_entropy: bool = False, grad: bool = False):
         """Per-label log-probs (and entropy) over micro-batches, no grad unless asked."""
-        lps, ents = [], []
+        lps = torch.zeros_like(exp.mask)
+        ents = torch.zeros_like(exp.mask) if with_entropy else None
         ctx = contextlib.nullcontext() if grad else torch.no_grad()
         with ctx:
-            for sl in micro_batches(len(exp), self.cfg.optim.micro_batch_size):
-                lp, ent = sequence_logprobs(model, exp.tokens[sl], self.cfg.rollout.temperature,
+            for rows, w in length_batches(exp.mask, self.cfg.optim.micro_batch_size):
+                lp, ent = sequence_logprobs(model, exp.tokens[rows, :w], self.cfg.rollout.temperature,
                                             self.tokenizer.vocab_size, with_entropy)
-                lps.append(lp)
-                ents.append(ent)
-        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+                lps[rows, : w - 1] = lp
+                if ents is not None:
+                    ents[rows, : w - 1] = ent
+        return lps, ents
 
     def make_experience(self, rollout: Rollout, rewards: list[float]) -> Experience:
-        """Experience with old (and reference) log-probs computed by a training-mode forward."""
+        """Experience with old (and reference) log-probs computed by a training-mode forward.
+
+        With one update epoch and no reference model the old log-probs are those of the
+        update's own forward pass before its step (the ratio is exactly 1), so this
+        separate pass is skipped: `policy_update` takes them from that forward.
+        """
         pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else self.tokenizer.eos_id
         exp = build_experience(rollout, rewards, pad, self.device)
-        exp.old_logprobs, _ = self.logprobs(self.model, exp)
+        if self.cfg.optim.epochs > 1 or self.reference is not None:
+            exp.old_logprobs, _ = self.logprobs(self.model, exp)
         if self.reference is not None:
             exp.ref_logprobs, _ = self.logprobs(self.reference, exp)
         return exp
@@ -474,27 +504,29 @@ def policy_update(run: RLRun, exp: Experience, clip: float, kl_in_loss: bool) ->
     cfg = run.cfg
     total_tokens = exp.mask.sum().clamp(min=1)
     stats: dict[str, float] = {}
-    entropies: list[torch.Tensor] = []
+    entropy = torch.zeros_like(exp.mask)
     run.model.train()
     for epoch in range(cfg.optim.epochs):
         sums = {"loss/policy": 0.0, "loss/kl": 0.0, "policy/ratio": 0.0, "policy/clipfrac": 0.0}
-        for sl in micro_batches(len(exp), cfg.optim.micro_batch_size):
-            mask = exp.mask[sl]
+        for rows, w in length_batches(exp.mask, cfg.optim.micro_batch_size):
+            mask = exp.mask[rows, : w - 1]
             weight = mask.sum() / total_tokens
             need_ent = epoch == 0 or cfg.entropy_coef > 0
-            lp, ent = sequence_logprobs(run.model, exp.tokens[sl], cfg.rollout.temperature,
+            lp, ent = sequence_logprobs(run.model, exp.tokens[rows, :w], cfg.rollout.temperature,
                                         run.tokenizer.vocab_size, with_entropy=need_ent)
-            pg, st = clipped_pg_loss(lp, exp.old_logprobs[sl], exp.advantages[sl], mask, clip)
+            # on-policy (one epoch, no reference): the old log-probs are this forward's own
+            old = exp.old_logprobs[rows, : w - 1] if exp.old_logprobs is not None else lp.detach()
+            pg, st = clipped_pg_loss(lp, old, exp.advantages[rows, : w - 1], mask, clip)
             loss = pg
             if kl_in_loss and exp.ref_logprobs is not None:
-                kl = masked_mean(kl_estimate(lp, exp.ref_logprobs[sl], cfg.kl.estimator), mask)
+                kl = masked_mean(kl_estimate(lp, exp.ref_logprobs[rows, : w - 1], cfg.kl.estimator), mask)
                 loss = loss + cfg.kl.coef * kl
                 sums["loss/kl"] += float(kl.detach()) * float(weight)
             if cfg.entropy_coef > 0:
                 loss = loss - cfg.entropy_coef * masked_mean(ent, mask)
             (loss * weight).backward()
             if epoch == 0:
-                entropies.append(ent.detach())
+                entropy[rows, : w - 1] = ent.detach()
             sums["loss/policy"] += float(pg.detach()) * float(weight)
             sums["policy/ratio"] += float(st["ratio"]) * float(weight)
             sums["policy/clipfrac"] += float(st["clipfrac"]) * float(weight)
@@ -504,4 +536,4 @@ def policy_update(run: RLRun, exp: Experience, clip: float, kl_in_loss: bool) ->
         stats["grad_norm"] = run.clip_and_step(run.model, run.opt)
     stats["lr"] = run.opt.param_groups[0]["lr"]
     run.sched.step()
-    return stats, torch.cat(entropies)
+    return stats, entropy

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from echo_nemo.rl.advantages import gae, whiten
-from echo_nemo.rl.common import Experience, RLRun, clone_model, micro_batches, policy_update
+from echo_nemo.rl.common import Experience, RLRun, clone_model, length_batches, policy_update
 from echo_nemo.rl.losses import clipped_value_loss, masked_mean
 
 
@@ -55,9 +55,10 @@ def critic_values(run: RLRun, critic, tokens: torch.Tensor) -> torch.Tensor:
 def advantages(run: RLRun, exp: Experience) -> None:
     """Token rewards (terminal reward + per-token KL penalty), GAE, whitening."""
     cfg = run.cfg
+    values = torch.zeros_like(exp.mask)
     with torch.no_grad():
-        values = torch.cat([critic_values(run, run.critic, exp.tokens[sl])
-                            for sl in micro_batches(len(exp), cfg.optim.micro_batch_size)])
+        for rows, w in length_batches(exp.mask, cfg.optim.micro_batch_size):
+            values[rows, : w - 1] = critic_values(run, run.critic, exp.tokens[rows, :w])
     values = values * exp.mask
     token_rewards = torch.zeros_like(exp.mask)
     last = exp.mask.cumsum(-1).argmax(-1)  # index of each sample's last completion token
@@ -76,11 +77,12 @@ def critic_update(run: RLRun, exp: Experience) -> dict[str, float]:
     loss_sum = 0.0
     for _ in range(cfg.optim.epochs):
         loss_sum = 0.0
-        for sl in micro_batches(len(exp), cfg.optim.micro_batch_size):
-            mask = exp.mask[sl]
+        for rows, w in length_batches(exp.mask, cfg.optim.micro_batch_size):
+            mask = exp.mask[rows, : w - 1]
             weight = mask.sum() / total
-            v = critic_values(run, run.critic, exp.tokens[sl])
-            loss = cfg.ppo.vf_coef * clipped_value_loss(v, exp.values[sl], exp.returns[sl], mask, cfg.ppo.value_clip)
+            v = critic_values(run, run.critic, exp.tokens[rows, :w])
+            loss = cfg.ppo.vf_coef * clipped_value_loss(v, exp.values[rows, : w - 1], exp.returns[rows, : w - 1],
+                                                        mask, cfg.ppo.value_clip)
             (loss * weight).backward()
             loss_sum += float(loss.detach()) * float(weight)
         norm = run.clip_and_step(run.critic, run.critic_opt)

@@ -62,6 +62,18 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row drawn from the row's distribution, by inverting its CDF.
+
+    i = the first index with cdf[i] > u * cdf[-1], u ~ U[0, 1): entries of probability 0
+    are never drawn. One uniform number per row instead of `torch.multinomial`'s one
+    exponential per vocabulary entry, whose CPU generator was ~12% of decode time.
+    """
+    cdf = probs.double().cumsum(-1)  # float64: u * total never rounds up to the total
+    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
+
+
 def _tp_group():
     from megatron.core import parallel_state as ps
 
@@ -102,6 +114,9 @@ def _generate_batch(
 ) -> tuple[list[list[int]], list[torch.Tensor], list[bool]]:
     from megatron.core.inference.contexts import StaticInferenceContext
 
+    from echo_nemo.distributed import patch_static_kv_rope
+
+    patch_static_kv_rope()  # rotate each key once, not the whole cache every step
     dev = _device(model)
     b = len(prompts)
     plen = max(len(p) for p in prompts)
@@ -140,7 +155,7 @@ def _generate_batch(
             scaled = logits / temperature
             logp = torch.log_softmax(scaled, -1)
             probs = torch.softmax(filter_logits(scaled, top_k, top_p), -1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            nxt = sample_categorical(probs, generator)
         nxt = _broadcast_from_tp0(nxt)
         nxt = torch.where(alive, nxt, torch.full_like(nxt, eos_id))  # finished rows feed EOS
         out_tokens[rows[alive], t] = nxt[alive]

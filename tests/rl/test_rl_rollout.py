@@ -123,3 +123,56 @@ def test_tp2_equals_tp1(model_and_tok, tmp_path):
     assert ranks[0]["sampled"] == tp1_sampled.completion_ids
     for a, b in zip(ranks[0]["logprobs"], tp1_sampled.logprobs):
         assert a == pytest.approx(b.tolist(), abs=1e-4)
+
+
+def test_keys_rotated_once_before_caching_give_identical_rollouts(model_and_tok, monkeypatch):
+    """The RoPE-before-cache patch changes cost, not results: megatron's own path matches bit for bit."""
+    from megatron.core.transformer.attention import Attention
+
+    from echo_nemo import distributed as D
+
+    model, tok = model_and_tok
+    kw = dict(max_new_tokens=20, temperature=1.0, seed=4)
+    patched = generate(model, tok, PROMPTS, **kw)
+    assert D.MEGATRON_ADJUST_KV is not None and Attention._adjust_key_value_for_inference is not D.MEGATRON_ADJUST_KV
+    monkeypatch.setattr(Attention, "_adjust_key_value_for_inference", D.MEGATRON_ADJUST_KV)
+    megatron = generate(model, tok, PROMPTS, **kw)
+    assert patched.completion_ids == megatron.completion_ids
+    for a, b in zip(patched.logprobs, megatron.logprobs):
+        assert torch.equal(a, b)
+
+
+def test_sample_categorical_follows_the_distribution():
+    from echo_nemo.rl.rollout import sample_categorical
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]]).repeat(20_000, 1)
+    g = torch.Generator().manual_seed(0)
+    idx = sample_categorical(probs, g)
+    first, second = idx[0::2], idx[1::2]
+    freq = torch.bincount(first, minlength=4).double() / first.numel()
+    # 20,000 draws: 4 standard errors of a share p are at most 4 * sqrt(.25 / 20000) = 0.014
+    assert torch.allclose(freq, torch.tensor([0.1, 0.0, 0.6, 0.3], dtype=torch.float64), atol=0.014)
+    assert int((first == 1).sum()) == 0 and bool((second == 3).all())  # probability 0 is never drawn
+    again = sample_categorical(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(idx, again)
+
+
+def test_length_batches_cut_padding_without_changing_logprobs(model_and_tok):
+    from echo_nemo.rl.common import build_experience, length_batches
+
+    model, tok = model_and_tok
+    out = generate(model, tok, PROMPTS * 3, max_new_tokens=16, temperature=1.0, seed=9)
+    exp = build_experience(out, [0.0] * len(PROMPTS * 3), tok.eos_id, torch.device("cpu"))
+    batches = length_batches(exp.mask, 5)
+    rows = torch.cat([r for r, _ in batches])
+    assert sorted(rows.tolist()) == list(range(len(exp)))  # every row exactly once
+    lengths = [len(p) + len(c) for p, c in zip(out.prompt_ids, out.completion_ids)]
+    for r, w in batches:
+        assert w == max(lengths[i] for i in r.tolist())  # cut to the longest row, no shorter
+    assert sum(w for _, w in batches) < len(batches) * exp.tokens.size(1), "want some padding removed"
+    full, _ = sequence_logprobs(model.eval(), exp.tokens, vocab_size=tok.vocab_size)
+    for r, w in batches:
+        cut, _ = sequence_logprobs(model, exp.tokens[r, :w], vocab_size=tok.vocab_size)
+        m = exp.mask[r, : w - 1].bool()
+        torch.testing.assert_close(cut[m], full[r, : w - 1][m], atol=1e-5, rtol=1e-5)
+        assert not exp.mask[r, w - 1 :].any()  # nothing cut off was a completion label
