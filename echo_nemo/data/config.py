@@ -28,6 +28,10 @@ class EchoLabConfig:
     min_steps: int = 1  # difficulty: reasoning steps per problem, within 1..5
     max_steps: int = 3
     max_number: int = 20  # largest number stated in a question (small = learnable by a tiny model)
+    # Share of tinygsm documents whose code misquotes one number of the question (so its
+    # answer is wrong). TinyGSM's solutions were never checked against an answer, while
+    # OpenMathInstruct's were filtered by it; 0 renders every format correctly.
+    tinygsm_misquote: float = 0.0
 
     def validate(self, where: str = "echolab") -> None:
         if not 1 <= self.min_steps <= self.max_steps <= 5:
@@ -37,6 +41,8 @@ class EchoLabConfig:
             )
         if self.max_number < 5:
             raise UserError(f"{where}.max_number must be >= 5, got {self.max_number}")
+        if not 0.0 <= self.tinygsm_misquote <= 1.0:
+            raise UserError(f"{where}.tinygsm_misquote must be a share in [0, 1], got {self.tinygsm_misquote}")
         if self.num_problems < 1 or self.num_background < 0:
             raise UserError(f"{where}: num_problems must be >= 1 and num_background >= 0")
 

@@ -180,14 +180,21 @@ def split_of(key: tuple) -> str:
 
 
 # ----------------------------------------------------------------------------- renderers
-def _code_lines(p: EchoProblem) -> list[str]:
-    lines = [f"{name} = {value}" for name, value in p.solution.givens]
+def _code_lines(p: EchoProblem, misquote: random.Random | None = None) -> list[str]:
+    givens = list(p.solution.givens)
+    if misquote is not None:  # one given copied wrongly from the question: off by 1..3
+        i = misquote.randrange(len(givens))
+        name, value = givens[i]
+        delta = misquote.choice([d for d in (-3, -2, -1, 1, 2, 3) if value + d >= 0])
+        givens[i] = (name, value + delta)
+    lines = [f"{name} = {value}" for name, value in givens]
     lines += [f"{s.name} = {s.expr.code}" for s in p.solution.steps]
     return lines
 
 
-def render_tinygsm(p: EchoProblem) -> str:
-    body = "\n".join("    " + line for line in _code_lines(p))
+def render_tinygsm(p: EchoProblem, misquote: random.Random | None = None) -> str:
+    """TinyGSM's function; with `misquote`, one given is copied wrongly (a wrong answer)."""
+    body = "\n".join("    " + line for line in _code_lines(p, misquote))
     return (
         "def simple_math_problem() -> int:\n"
         '    """\n'

@@ -126,3 +126,30 @@ def test_echolab_test_set_exports_in_gsm8k_shape(cli, tmp_path):
     back = load_problems("gsm8k_test", path=str(out))  # the GSM8K parser reads it back
     want = load_problems("echolab_test", limit=25)
     assert [(p.question, p.answer) for p in back] == [(p.question, p.answer) for p in want]
+
+
+def test_tinygsm_misquote_makes_that_share_of_tinygsm_answers_wrong():
+    from echo_nemo.data.config import EchoLabConfig
+    from echo_nemo.data.sources import _echolab_documents
+    from echo_nemo.errors import UserError
+
+    n = 600
+    probs = list(generate(n, seed=0))
+    clean = list(_echolab_documents("echo_tg", EchoLabConfig(num_problems=n)))
+    noisy = list(_echolab_documents("echo_tg", EchoLabConfig(num_problems=n, tinygsm_misquote=0.3)))
+    assert clean == [p.document("tinygsm") for p in probs]  # 0 (the default) changes nothing
+    wrong = 0
+    for p, doc in zip(probs, noisy, strict=True):
+        question, _, code = doc.partition("\n\n")
+        assert question == p.question  # the question keeps the true numbers
+        if doc != p.document("tinygsm"):
+            # exactly one given line differs, by 1..3
+            diff = [(a, b) for a, b in zip(p.render("tinygsm").splitlines(), code.splitlines(), strict=True) if a != b]
+            assert len(diff) == 1 and 1 <= abs(int(diff[0][0].split("= ")[1]) - int(diff[0][1].split("= ")[1])) <= 3
+        wrong += float(_run_tinygsm(code)) != float(p.answer_str)
+    assert 0.22 * n < wrong < 0.36 * n  # ~30% misquoted (a few misquotes cancel out, e.g. x * 0)
+    # the other formats are never touched
+    omi = list(_echolab_documents("echo_omi1", EchoLabConfig(num_problems=50, tinygsm_misquote=1.0)))
+    assert omi == [p.document("llm_code") for p in probs[:50]]
+    with pytest.raises(UserError, match="tinygsm_misquote"):
+        EchoLabConfig(tinygsm_misquote=1.5).validate()
