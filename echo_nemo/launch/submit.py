@@ -177,10 +177,22 @@ class PointJob(submitit.helpers.Checkpointable):
 
 
 # ----------------------------------------------------------------------------- executors
+class _PreviewSlurmExecutor(submitit.SlurmExecutor):
+    """Builds the sbatch script on a machine without SLURM (--dry-run): submitit's
+    SlurmExecutor refuses to start where `srun` is not on PATH; this one submits nothing."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 1
+
+
 def make_executor(
-    cluster: str, profile: ClusterProfile, folder: Path, job_name: str
+    cluster: str, profile: ClusterProfile, folder: Path, job_name: str, preview: bool = False
 ) -> submitit.Executor:
-    """The submitit executor of `cluster`, chosen explicitly (never auto-detected)."""
+    """The submitit executor of `cluster`, chosen explicitly (never auto-detected).
+
+    `preview`: a SLURM executor that only renders its sbatch script (works without SLURM).
+    """
     if cluster not in CLUSTERS:
         raise UserError(f"--cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
     if cluster == "debug":
@@ -194,7 +206,8 @@ def make_executor(
             gpus_per_node=profile.gpus_per_node,
         )
         return ex
-    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+    slurm = _PreviewSlurmExecutor if preview else submitit.SlurmExecutor
+    ex = slurm(folder=folder, max_num_timeout=profile.max_requeues)
     params: dict[str, Any] = {
         "job_name": job_name,
         "nodes": profile.nodes,
@@ -224,7 +237,7 @@ def sbatch_script(plan: SweepPlan, n_points: int) -> str:
     from submitit.slurm.slurm import _make_sbatch_string
 
     ex = make_executor(
-        "slurm", plan.profile, plan.sweep_dir / LOG_DIR / "%j", f"echo-{plan.cfg.name}"
+        "slurm", plan.profile, plan.sweep_dir / LOG_DIR / "%j", f"echo-{plan.cfg.name}", preview=True
     )
     return _make_sbatch_string(
         command=ex._submitit_command_str,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,7 +99,8 @@ profile: gpu_node
 resources: {{nodes: 2, partition: big, account: lab, qos: high, time: "10:00:00"}}
 """,
     )
-    r = cli("sweep", sweep, "--dry-run")
+    # a PATH without SLURM's commands: a dry run previews the script on any machine
+    r = cli("sweep", sweep, "--dry-run", env={"PATH": os.path.dirname(sys.executable)})
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "mini: 6 points, 6 to submit" in out
@@ -147,10 +150,12 @@ STUDY_SWEEPS = {
 
 
 @pytest.mark.parametrize("recipe", sorted(STUDY_SWEEPS))
-def test_study_sweeps_dry_run(recipe, tmp_path, capsys):
+def test_study_sweeps_dry_run(recipe, tmp_path, capsys, monkeypatch):
     """In-process (the real CLI's main) to keep 8 recipes fast; every point is validated
-    against the command's own schema on the way."""
+    against the command's own schema on the way. No SLURM on PATH: dry runs need none."""
     from echo_nemo.cli import main
+
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
 
     points, nodes, gpus = STUDY_SWEEPS[recipe]
     rc = main(
