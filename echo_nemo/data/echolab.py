@@ -159,18 +159,20 @@ class EchoProblem:
     def key(self) -> tuple:
         return (self.template, tuple(v for _, v in self.solution.givens))
 
-    def render(self, fmt: str) -> str:
-        """The solution text in one format (the document is question, blank line, this)."""
+    def render(self, fmt: str, misquote: random.Random | None = None) -> str:
+        """The solution text in one format (the document is question, blank line, this).
+
+        `misquote` (tinygsm only): copy one given wrongly, see `render_tinygsm`."""
         if fmt == "tinygsm":
-            return render_tinygsm(self)
+            return render_tinygsm(self, misquote)
         if fmt == "llm_code":
             return render_llm_code(self)
         if fmt == "text":
             return render_text(self)
         raise ValueError(f"unknown echo-lab format {fmt!r}; expected one of {FORMATS}")
 
-    def document(self, fmt: str) -> str:
-        return f"{self.question}\n\n{self.render(fmt)}"
+    def document(self, fmt: str, misquote: random.Random | None = None) -> str:
+        return f"{self.question}\n\n{self.render(fmt, misquote)}"
 
 
 def split_of(key: tuple) -> str:

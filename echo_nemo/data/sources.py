@@ -258,10 +258,8 @@ def _echolab_documents(name: str, cfg: EchoLabConfig) -> Iterator[str]:
     # All format sources render the same problem stream, so formats differ only in solution.
     for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,
                               max_steps=cfg.max_steps, max_number=cfg.max_number):
-        if fmt == "tinygsm" and noise.random() < cfg.tinygsm_misquote:
-            yield f"{p.question}\n\n{echolab.render_tinygsm(p, misquote=noise)}"
-        else:
-            yield p.document(fmt)
+        wrong = fmt == "tinygsm" and noise.random() < cfg.tinygsm_misquote
+        yield p.document(fmt, misquote=noise if wrong else None)
 
 
 # ----------------------------------------------------------------------------- problems

@@ -505,10 +505,11 @@ def policy_update(run: RLRun, exp: Experience, clip: float, kl_in_loss: bool) ->
     total_tokens = exp.mask.sum().clamp(min=1)
     stats: dict[str, float] = {}
     entropy = torch.zeros_like(exp.mask)
+    batches = length_batches(exp.mask, cfg.optim.micro_batch_size)
     run.model.train()
     for epoch in range(cfg.optim.epochs):
         sums = {"loss/policy": 0.0, "loss/kl": 0.0, "policy/ratio": 0.0, "policy/clipfrac": 0.0}
-        for rows, w in length_batches(exp.mask, cfg.optim.micro_batch_size):
+        for rows, w in batches:
             mask = exp.mask[rows, : w - 1]
             weight = mask.sum() / total_tokens
             need_ent = epoch == 0 or cfg.entropy_coef > 0

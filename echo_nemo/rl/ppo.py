@@ -75,9 +75,10 @@ def critic_update(run: RLRun, exp: Experience) -> dict[str, float]:
     total = exp.mask.sum().clamp(min=1)
     run.critic.train()
     loss_sum = 0.0
+    batches = length_batches(exp.mask, cfg.optim.micro_batch_size)
     for _ in range(cfg.optim.epochs):
         loss_sum = 0.0
-        for rows, w in length_batches(exp.mask, cfg.optim.micro_batch_size):
+        for rows, w in batches:
             mask = exp.mask[rows, : w - 1]
             weight = mask.sum() / total
             v = critic_values(run, run.critic, exp.tokens[rows, :w])
