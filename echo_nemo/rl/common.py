@@ -131,14 +131,18 @@ def length_batches(mask: torch.Tensor, size: int) -> list[tuple[torch.Tensor, in
     return out
 
 
-def lr_lambda(total_steps: int, warmup_frac: float, min_ratio: float) -> Callable[[int], float]:
-    """Linear warmup over warmup_frac * total, then cosine from 1 to min_ratio."""
+def lr_lambda(total_steps: int, warmup_frac: float, min_ratio: float,
+              decay_frac: float = 1.0) -> Callable[[int], float]:
+    """Linear warmup over warmup_frac * total, constant, then cosine from 1 to min_ratio
+    over the last decay_frac * total steps (1.0: cosine over all steps after warmup;
+    less: warmup-stable-decay, which keeps the full lr for most of a short RL run)."""
     warmup = max(0, int(round(warmup_frac * total_steps)))
+    decay_start = max(warmup, total_steps - int(round(decay_frac * total_steps)))
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        progress = min(1.0, max(0, step - decay_start) / max(1, total_steps - decay_start))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
@@ -324,7 +328,8 @@ class RLRun:
     def optimizer(self, params, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         o = self.cfg.optim
         opt = torch.optim.AdamW(params, lr=lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.total, o.warmup_frac, o.min_lr_ratio))
+        schedule = lr_lambda(self.total, o.warmup_frac, o.min_lr_ratio, o.decay_frac)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return opt, sched
 
     def clip_and_step(self, model, opt: torch.optim.Optimizer, sched=None) -> float:

@@ -49,6 +49,7 @@ class OptimSection:
     weight_decay: float = 0.0
     warmup_frac: float = 0.03
     min_lr_ratio: float = 0.1  # cosine down to this fraction of lr
+    decay_frac: float = 1.0  # the cosine spans this last fraction of steps (constant before it)
     grad_clip: float = 1.0
     micro_batch_size: int = 16  # sequences per forward/backward
     epochs: int = 1  # passes of the update over each rollout batch
@@ -142,6 +143,9 @@ class RLConfig:
             raise UserError(f"steps must be >= 1 (or null for `epochs` passes), got {self.steps}")
         if self.model.tp < 1:
             raise UserError(f"model.tp must be >= 1, got {self.model.tp}")
+        for key in ("warmup_frac", "min_lr_ratio", "decay_frac"):
+            if not 0 <= getattr(self.optim, key) <= 1:
+                raise UserError(f"optim.{key} must be in [0, 1], got {getattr(self.optim, key)}")
 
     def kl_in_reward(self) -> bool:
         if self.kl.in_reward is not None:

@@ -82,7 +82,8 @@ def sft(run: RLRun, kept: Rollout) -> dict[str, float]:
     steps = cfg.ei.sft_epochs * math.ceil(len(exp) / bs)
     opt = torch.optim.AdamW(run.model.parameters(), lr=cfg.ei.sft_lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, cfg.optim.warmup_frac, cfg.optim.min_lr_ratio))
+    o = cfg.optim
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, o.warmup_frac, o.min_lr_ratio, o.decay_frac))
     gen = torch.Generator().manual_seed(cfg.seed)
     run.model.train()
     losses = []

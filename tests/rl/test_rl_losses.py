@@ -87,3 +87,26 @@ def test_entropy_and_masked_mean():
     assert entropy_from_logits(torch.tensor([[0.0, -1e9]])).item() == pytest.approx(0.0, abs=1e-6)
     assert masked_mean(torch.tensor([1.0, 2.0, 9.0]), torch.tensor([1.0, 1.0, 0.0])).item() == 1.5
     assert masked_mean(torch.tensor([1.0]), torch.tensor([0.0])).item() == 0.0
+
+
+def test_lr_schedule_warmup_stable_decay_by_hand():
+    from echo_nemo.rl.common import lr_lambda
+
+    cosine = lr_lambda(10, warmup_frac=0.2, min_ratio=0.1)  # warmup 2 steps, cosine over 8
+    assert [cosine(0), cosine(1)] == [0.5, 1.0]
+    assert cosine(6) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert cosine(10) == pytest.approx(0.1)
+    wsd = lr_lambda(10, warmup_frac=0.2, min_ratio=0.1, decay_frac=0.4)  # constant 2..6, cosine 6..10
+    assert [wsd(s) for s in (2, 4, 6)] == [1.0, 1.0, 1.0]
+    assert wsd(8) == pytest.approx(0.55) and wsd(10) == pytest.approx(0.1)
+    assert lr_lambda(10, 0.0, 0.5, decay_frac=0.0)(9) == 1.0  # no decay at all
+
+
+def test_rl_config_rejects_an_out_of_range_decay_frac():
+    from echo_nemo.errors import UserError
+    from echo_nemo.rl.config import RLConfig
+
+    cfg = RLConfig()
+    cfg.optim.decay_frac = 1.5
+    with pytest.raises(UserError, match=r"optim\.decay_frac must be in \[0, 1\], got 1.5"):
+        cfg.validate()
