@@ -183,6 +183,11 @@ def test_slurm_without_a_controller_exits_2(cli, tmp_path):
     sweep = _write_sweep(
         tmp_path, f"name: noctl\ncommand: rl\nrecipe: BASE\ngrid: {{seed: [1]}}\nout_dir: {tmp_path}\n"
     )
-    r = cli("sweep", sweep, "--cluster", "slurm", env={"SLURM_CONF": str(tmp_path / "none.conf")})
+    # a controller on a port nobody listens at: sbatch fails in about a second (a missing
+    # slurm.conf would make it retry for 60 s)
+    conf = tmp_path / "noctl.conf"
+    conf.write_text("ClusterName=noctl\nSlurmctldHost=localhost\nSlurmctldPort=9\nMessageTimeout=2\n"
+                    "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=p Nodes=localhost Default=YES\n")
+    r = cli("sweep", sweep, "--cluster", "slurm", env={"SLURM_CONF": str(conf)})
     assert r.returncode == 2, r.stderr
     assert "sbatch" in r.stderr and "--cluster local" in r.stderr and "Traceback" not in r.stderr
