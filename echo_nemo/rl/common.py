@@ -133,19 +133,13 @@ def length_batches(mask: torch.Tensor, size: int) -> list[tuple[torch.Tensor, in
 
 def lr_lambda(total_steps: int, warmup_frac: float, min_ratio: float,
               decay_frac: float = 1.0) -> Callable[[int], float]:
-    """Linear warmup over warmup_frac * total, constant, then cosine from 1 to min_ratio
-    over the last decay_frac * total steps (1.0: cosine over all steps after warmup;
-    less: warmup-stable-decay, which keeps the full lr for most of a short RL run)."""
+    """Pretraining's schedule (`train.optim.lr_factor`) with its warmup and decay given as
+    fractions of the run: warmup, constant, cosine to min_ratio over the last decay_frac."""
+    from echo_nemo.train.optim import lr_factor
+
     warmup = max(0, int(round(warmup_frac * total_steps)))
-    decay_start = max(warmup, total_steps - int(round(decay_frac * total_steps)))
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, max(0, step - decay_start) / max(1, total_steps - decay_start))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
+    decay = int(round(decay_frac * total_steps))
+    return lambda step: lr_factor(step, warmup, total_steps, min_ratio, decay)
 
 
 # ----------------------------------------------------------------------------- reward

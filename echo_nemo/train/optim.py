@@ -9,16 +9,19 @@ import torch
 from echo_nemo.train.config import OptimConfig
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, decay: int | None = None) -> float:
     """Multiplier of the peak lr for optimizer step `step` (0-based).
 
     warmup (step < W):  (step + 1) / W
-    cosine after:       r + (1 - r) * 0.5 * (1 + cos(pi * p)),  p = (step - W) / max(1, T - W),
-    clamped to p <= 1, so the lr ends at r x peak (r = min_ratio) and stays there.
+    constant until S = max(W, T - decay) (S = W when decay is None: cosine right after warmup)
+    cosine after:       r + (1 - r) * 0.5 * (1 + cos(pi * p)),  p = (step - S) / max(1, T - S),
+    clamped to 0 <= p <= 1, so the lr ends at r x peak (r = min_ratio) and stays there.
+    A short `decay` is warmup-stable-decay: the full lr for most of the run.
     """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    start = warmup if decay is None else max(warmup, total - decay)
+    p = min(1.0, max(0, step - start) / max(1, total - start))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
