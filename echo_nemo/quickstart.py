@@ -8,8 +8,8 @@ clean process group and its own progress bar), writing its own run dir under --o
 data/, pretrain/, eval_before/, rl/, eval_after/, report/, and summary.json with the
 format shares and accuracy before and after RL. Budgets:
 
-- full: the effect: 1500 pretraining steps, 50 GRPO steps and two evaluations; 16-27
-  min on 2 idle cores depending on the machine's speed (README: measured per seed).
+- full: the effect: 1000 pretraining steps, 50 GRPO steps and two evaluations; about
+  14-20 min on 2 idle cores depending on the machine's speed (README: measured per seed).
 - smoke: the same pipeline at plumbing size for CI (a few minutes); it shows no effect.
 
 Running again with the same --out continues: the data build skips an up-to-date
@@ -252,7 +252,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the echo chamber on CPU in minutes: data -> pretrain -> eval -> RL -> eval -> report",
         description="Build a three-format echo-lab mixture, pretrain the tiny model, evaluate, RL fine-tune "
         "(GRPO), evaluate again and write a report. Prints the format shares and accuracy before and after "
-        "RL. --budget full (16-27 min on 2 CPU cores, by the machine's speed) shows the effect; smoke (a few minutes) checks the plumbing.",
+        "RL. --budget full (about 14-20 min on 2 CPU cores, by the machine's speed) shows the effect; smoke (a few minutes) checks the plumbing.",
     )
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full (the effect) or smoke (CI)")

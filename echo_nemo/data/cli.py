@@ -65,7 +65,10 @@ def print_manifest(m: dict) -> None:
         t.add_row(s["name"], f"{s['repeat']:g}", f"{s['unique_documents']:,}", f"{s['documents']:,}",
                   f"{s['tokens']:,}", f"{100 * s['share']:.1f}%")
     Console().print(t)
-    print(f"tokenizer: {m.get('tokenizer')}; dropped tail: {m.get('dropped_tokens', 0)} tokens")
+    packing = m.get("packing", "concat")
+    waste = (f"padding: {m.get('padding_tokens', 0)} tokens" if packing == "best_fit"
+             else f"dropped tail: {m.get('dropped_tokens', 0)} tokens")
+    print(f"tokenizer: {m.get('tokenizer')}; packing: {packing}, {waste}")
 
 
 def _manifest(args: argparse.Namespace) -> int:

@@ -60,6 +60,9 @@ class SourceSpec:
     text_field: str | None = None
 
 
+PACKINGS = ("concat", "best_fit")
+
+
 @dataclass
 class DataRecipe:
     """`echo-nemo data build` input: a mixture, the tokenizer and the shard layout."""
@@ -69,6 +72,7 @@ class DataRecipe:
     echolab: EchoLabConfig = field(default_factory=EchoLabConfig)
     tokenizer: str | None = None  # None = the committed default in tokenizer/
     seq_length: int = 256  # tokens per training sample; shards store seq_length + 1
+    packing: str = "concat"  # concat (cut a token stream) | best_fit (whole documents + padding)
     output_dir: str = "runs/data/${name}"
     sequences_per_shard: int = 2000
     num_workers: int = 2  # tokenizer processes
@@ -98,6 +102,9 @@ class DataRecipe:
                 )
             if not s.repeat > 0:
                 raise UserError(f"data recipe {self.name!r}: sources[{i}].repeat must be > 0, got {s.repeat}")
+        if self.packing not in PACKINGS:
+            raise UserError(f"data recipe {self.name!r}: packing={self.packing!r}; expected one of "
+                            f"{', '.join(PACKINGS)}")
         if self.seq_length < 8:
             raise UserError(f"data recipe {self.name!r}: seq_length must be >= 8, got {self.seq_length}")
         if self.sequences_per_shard < 1 or self.num_workers < 1:

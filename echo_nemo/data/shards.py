@@ -3,9 +3,16 @@
 Steps (`build_shards`):
 1. read each source's documents (mixtures.py applies the repeat factors),
 2. tokenize them in a pool of processes, EOS appended to every document,
-3. shuffle the documents deterministically (recipe seed), join them into one token
-   stream and cut it into sequences of seq_length + 1 tokens (the tail that does not fill
-   a sequence is dropped and counted in the manifest),
+3. shuffle the documents deterministically (recipe seed) and pack them into sequences of
+   seq_length + 1 tokens, by the recipe's `packing`:
+   - ``concat`` (Megatron's way, for long web documents): join them into one token stream
+     and cut it (the tail that does not fill a sequence is dropped and counted);
+   - ``best_fit`` (for short documents): no document is cut unless it is longer than a
+     sequence; each goes whole into the fullest sequence it fits (best-fit decreasing) and
+     the rest of a sequence is EOS padding, which the training loss skips. Cutting a
+     ~120-token echo-lab document puts its solution at the start of the next sequence
+     without its question, and the model learns to write numbers it cannot have read
+     (README: measured),
 4. write ``shard-NNNNN.tar`` files, each to a temporary name first and renamed when
    complete, then ``manifest.json`` last (also atomically).
 
@@ -104,6 +111,43 @@ def pack(docs: list[np.ndarray], width: int) -> tuple[np.ndarray, int]:
     return stream[: n * width].reshape(n, width), len(stream) - n * width
 
 
+def pack_best_fit(docs: list[np.ndarray], width: int, pad_id: int, seed: int) -> tuple[np.ndarray, int]:
+    """Whole documents into rows of `width` tokens, padded with `pad_id`; returns (rows, padding).
+
+    Best-fit decreasing: longest first, each into the open row with the least room that
+    still holds it, else a new row. A document longer than `width` gives full rows of its
+    own first. The rows, and the documents inside each row, are then shuffled (seeded), so
+    row order carries no length signal.
+    """
+    rows: list[list[np.ndarray]] = []
+    pieces: list[np.ndarray] = []
+    for d in docs:
+        while len(d) > width:
+            rows.append([d[:width]])
+            d = d[width:]
+        if len(d):
+            pieces.append(d)
+    open_rows: list[list[int]] = [[] for _ in range(width)]  # room r (1..width-1) -> rows with it
+    for i in sorted(range(len(pieces)), key=lambda i: -len(pieces[i])):
+        n = len(pieces[i])
+        room = next((r for r in range(n, width) if open_rows[r]), None)
+        if room is None:
+            row, room = len(rows), width
+            rows.append([])
+        else:
+            row = open_rows[room].pop()
+        rows[row].append(pieces[i])
+        if room - n > 0:
+            open_rows[room - n].append(row)
+    rng = np.random.default_rng([seed, 2])
+    out = np.full((len(rows), width), pad_id, dtype=docs[0].dtype if docs else np.uint16)
+    for j, k in enumerate(rng.permutation(len(rows))):
+        parts = [rows[k][m] for m in rng.permutation(len(rows[k]))]
+        flat = np.concatenate(parts)
+        out[j, : len(flat)] = flat
+    return out, int(out.size - sum(len(d) for d in docs))
+
+
 def _npy_header(dtype: np.dtype, width: int) -> bytes:
     """The .npy header shared by every row (same dtype and shape), computed once."""
     buf = io.BytesIO()
@@ -186,7 +230,13 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
 
         # 3. deterministic document shuffle, then pack.
         order = np.random.default_rng([recipe.seed, 1]).permutation(len(picks))
-        rows, dropped = pack([per_source[picks[i][0]][picks[i][1]] for i in order], width)
+        shuffled = [per_source[picks[i][0]][picks[i][1]] for i in order]
+        if recipe.packing == "best_fit":
+            rows, padding = pack_best_fit(shuffled, width, tok.eos_id, recipe.seed)
+            dropped = 0
+        else:
+            (rows, dropped), padding = pack(shuffled, width), 0
+        del shuffled
         rows = rows.astype(dtype)
         if len(rows) == 0:
             raise UserError(f"data recipe {recipe.name!r}: the mixture has {dropped} tokens, fewer than one "
@@ -219,7 +269,9 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
         "dtype": dtype,
         "num_sequences": int(len(rows)),
         "num_tokens": int(rows.size),
+        "packing": recipe.packing,
         "dropped_tokens": int(dropped),
+        "padding_tokens": int(padding),
         "seed": recipe.seed,
         "fingerprint": fingerprint,
         "sources": [

@@ -91,6 +91,12 @@ def _copy_tokenizer(manifest: dict[str, Any], shard_dir: str, run_dir: Path):
 
 
 # ----------------------------------------------------------------------------- the loop
+def real_targets(tokens: torch.Tensor, labels: torch.Tensor, eos: int) -> torch.Tensor:
+    """True where the label is a document token: EOS after EOS is best-fit packing's padding
+    (a document is never empty, so a real EOS always follows a real token)."""
+    return ~((tokens == eos) & (labels == eos))
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train `cfg.model` on `cfg.data.shards`; returns the run dir. Resumes automatically."""
     from tqdm import tqdm
@@ -113,6 +119,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     run_dir = Path(cfg.run_dir)
     manifest = read_manifest(cfg.data.shards)  # validates the build (UserError if broken)
     vocab, seq = int(manifest["vocab_size"]), int(manifest["seq_length"])
+    eos = int(manifest["eos_id"])
     if cfg.model.vocab_size not in (None, vocab):
         raise UserError(
             f"model.vocab_size={cfg.model.vocab_size} but the shards in {cfg.data.shards!r} "
@@ -186,27 +193,30 @@ def pretrain(cfg: PretrainConfig) -> Path:
     while step < cfg.train.steps:
         t0 = time.perf_counter()
         lr = scheduler.get_last_lr()[0]
-        loss_sum = torch.zeros((), device=device)
+        sums = torch.zeros(2, device=device)  # [loss over positions, share of real tokens]
         for _ in range(accum):
             batch = next(batches).to(device, non_blocking=True).long()
             tokens, labels = batch[:, :-1], batch[:, 1:]
+            # padding weighs nothing, but the mean stays over all positions so that every
+            # TP/DP/accumulation split agrees
+            real = real_targets(tokens, labels, eos)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 per_token = causal_forward(model, tokens, labels, vocab_size=vocab)
-            loss = per_token.float().mean() / accum
+            loss = (per_token.float() * real).mean() / accum
             loss.backward()
-            loss_sum += loss.detach()
+            sums += torch.stack([loss.detach(), real.float().mean() / accum])
         allreduce_grads(model, dp_group)
         grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, tp_group)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if dp_size > 1:
-            dist.all_reduce(loss_sum, group=dp_group)
-            loss_sum /= dp_size
+            dist.all_reduce(sums, group=dp_group)
         step += 1
 
-        # --- log
-        loss_value = loss_sum.item()  # also waits for the GPU, so the timing is honest
+        # --- log: the loss per real token; .tolist() also waits for the GPU (honest timing)
+        loss_pos, real_share = sums.tolist()
+        loss_value = loss_pos / real_share
         dt = time.perf_counter() - t0
         tokens_per_s = gbs * seq / dt
         if not math.isfinite(loss_value):

@@ -13,14 +13,14 @@ import pytest
 from echo_nemo.config import load_recipe
 from echo_nemo.data.config import DataRecipe
 from echo_nemo.data.loader import ShardLoader, read_manifest, read_shard, verify_shards
-from echo_nemo.data.shards import build_shards
+from echo_nemo.data.shards import build_shards, pack_best_fit
 from echo_nemo.data.sources import load_documents
 from echo_nemo.errors import UserError
 from echo_nemo.tokenizer import load_tokenizer
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "data" / "echo_2xtg_omi1_omi2.yaml"
 SMALL = ["echolab.num_problems=120", "seq_length=64", "sequences_per_shard=40", "num_workers=2",
-         "repeats.echo_omi1=0.5"]
+         "repeats.echo_omi1=0.5", "packing=concat"]  # the best_fit tests override it
 
 
 def _recipe(*extra: str) -> DataRecipe:
@@ -60,6 +60,42 @@ def test_shards_hold_the_tokenized_mixture(built):
     docs = {d for s in recipe.sources for d in load_documents(s, recipe.echolab)}
     pieces = [tok.decode(stream[a + 1:b].tolist()) for a, b in zip(cuts[:-1], cuts[1:])]
     assert pieces and all(p in docs for p in pieces)
+
+
+def test_best_fit_packing_keeps_every_document_whole():
+    rng = np.random.default_rng(0)
+    # documents end in EOS (0) and hold no other 0
+    docs = [np.append(rng.integers(1, 50, n), 0).astype(np.uint16) for n in rng.integers(2, 31, 300)]
+    docs.append(np.append(np.arange(1, 100), 0).astype(np.uint16))  # 100 tokens: 3 full rows + 4
+    rows, padding = pack_best_fit(docs, 32, pad_id=0, seed=0)
+    assert rows.shape[1] == 32 and padding == rows.size - sum(len(d) for d in docs)
+    full = [row for row in rows if not (row == 0).any()]
+    assert len(full) == 3 and full[0][0] == 1  # the long document's rows, from its start
+    # every other row is whole documents then padding: cutting after each 0 gives them back
+    pieces = [tuple(p) + (0,) for row in rows if (row == 0).any()
+              for p in np.split(row, np.flatnonzero(row == 0) + 1)[:-1] for p in [p[:-1]] if len(p)]
+    assert sorted(pieces) == sorted([tuple(d) for d in docs[:-1]] + [(97, 98, 99, 0)])
+    # best fit wastes little, and the row order is seeded
+    assert len(rows) <= np.ceil(sum(len(d) for d in docs) / 32) * 1.05
+    assert (pack_best_fit(docs, 32, pad_id=0, seed=0)[0] == rows).all()
+    assert not (pack_best_fit(docs, 32, pad_id=0, seed=1)[0] == rows).all()
+
+
+def test_best_fit_shards_hold_whole_documents(tmp_path):
+    recipe, tok = _recipe("packing=best_fit", "seq_length=512"), load_tokenizer()  # no document is longer
+    m = build_shards(recipe, tmp_path / "bf", log=lambda *a: None)
+    rows = _all_rows(tmp_path / "bf", m)
+    assert m["packing"] == "best_fit" and m["dropped_tokens"] == 0
+    assert sum(s["tokens"] for s in m["sources"]) + m["padding_tokens"] == rows.size
+    assert m["padding_tokens"] < 0.05 * rows.size
+    docs = {d for s in recipe.sources for d in load_documents(s, recipe.echolab)}
+    for row in rows:  # each row: documents whole from its first token, then EOS padding
+        cuts = np.flatnonzero(row == tok.eos_id)
+        starts = np.concatenate([[0], cuts[:-1] + 1])
+        texts = [tok.decode(row[a:b].tolist()) for a, b in zip(starts, cuts) if b > a]
+        assert texts and all(t in docs for t in texts)
+    with pytest.raises(UserError, match="packing='tight'.*concat, best_fit"):
+        _recipe("packing=tight").validate()
 
 
 def test_build_is_deterministic_and_rerun_is_a_no_op(built, tmp_path):

@@ -62,7 +62,9 @@ def tp2_run(echolab_shards: Path, tmp_path_factory) -> Path:
     return run
 
 
-def test_train_loss_decreases_and_run_dir_is_complete(reference_run: Path):
+def test_train_loss_decreases_and_run_dir_is_complete(reference_run: Path, echolab_shards: Path):
+    # the echo-lab shards are best-fit packed: every test here also runs through the padding
+    assert json.loads((echolab_shards / "manifest.json").read_text())["padding_tokens"] > 0
     rows = read_metrics(reference_run)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     first = sum(r["loss"] for r in rows[:5]) / 5
@@ -81,6 +83,15 @@ def test_train_loss_decreases_and_run_dir_is_complete(reference_run: Path):
     assert (reference_run / "config.yaml").is_file()
     assert (reference_run / "tokenizer" / "tokenizer.json").is_file()
     assert any((reference_run / "tensorboard").iterdir())
+
+
+def test_padding_is_no_target():
+    import torch
+
+    from echo_nemo.train.loop import real_targets
+
+    row = torch.tensor([[5, 6, 0, 7, 8, 0, 0, 0]])  # two documents (EOS 0), then padding
+    assert real_targets(row[:, :-1], row[:, 1:], eos=0).tolist() == [[True] * 5 + [False] * 2]
 
 
 def test_train_tp2_and_dp2_match_tp1_step_by_step(reference_run, tp2_run, echolab_shards, tmp_path):
