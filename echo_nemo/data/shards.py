@@ -231,11 +231,11 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
         # 3. deterministic document shuffle, then pack.
         order = np.random.default_rng([recipe.seed, 1]).permutation(len(picks))
         shuffled = [per_source[picks[i][0]][picks[i][1]] for i in order]
+        dropped = padding = 0
         if recipe.packing == "best_fit":
             rows, padding = pack_best_fit(shuffled, width, tok.eos_id, recipe.seed)
-            dropped = 0
         else:
-            (rows, dropped), padding = pack(shuffled, width), 0
+            rows, dropped = pack(shuffled, width)
         del shuffled
         rows = rows.astype(dtype)
         if len(rows) == 0:
