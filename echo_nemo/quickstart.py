@@ -8,8 +8,9 @@ clean process group and its own progress bar), writing its own run dir under --o
 data/, pretrain/, eval_before/, rl/, eval_after/, report/, and summary.json with the
 format shares and accuracy before and after RL. Budgets:
 
-- full: the effect: 1000 pretraining steps, 50 GRPO steps and two evaluations; about
-  14-20 min on 2 idle cores depending on the machine's speed (README: measured per seed).
+- full: the effect: 1000 pretraining steps, 35 GRPO steps (16 prompts x 8 samples) and two
+  evaluations; about 14-20 min on 2 idle cores depending on the machine's speed (README:
+  measured per seed).
 - smoke: the same pipeline at plumbing size for CI (a few minutes); it shows no effect.
 
 Running again with the same --out continues: the data build skips an up-to-date
