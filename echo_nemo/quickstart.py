@@ -9,7 +9,7 @@ data/, pretrain/, eval_before/, rl/, eval_after/, report/, and summary.json with
 format shares and accuracy before and after RL. Budgets:
 
 - full: the effect: 1000 pretraining steps, 35 GRPO steps (16 prompts x 8 samples) and two
-  evaluations; about 14-20 min on 2 idle cores depending on the machine's speed (README:
+  evaluations; about 20 min on a slow 2-core machine, less on faster ones (README:
   measured per seed).
 - smoke: the same pipeline at plumbing size for CI (a few minutes); it shows no effect.
 
@@ -253,7 +253,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the echo chamber on CPU in minutes: data -> pretrain -> eval -> RL -> eval -> report",
         description="Build a three-format echo-lab mixture, pretrain the tiny model, evaluate, RL fine-tune "
         "(GRPO), evaluate again and write a report. Prints the format shares and accuracy before and after "
-        "RL. --budget full (about 14-20 min on 2 CPU cores, by the machine's speed) shows the effect; smoke (a few minutes) checks the plumbing.",
+        "RL. --budget full (about 20 min on a slow 2-core machine, less on faster ones) shows the effect; "
+        "smoke (a few minutes) checks the plumbing.",
     )
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full (the effect) or smoke (CI)")
