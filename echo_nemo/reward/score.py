@@ -121,5 +121,10 @@ def score(
     if not completions:
         return []
     pool = pool or get_pool()
-    jobs = [{"completion": c, "ground_truth": g} for c, g in zip(completions, ground_truths)]
-    return [_to_score(r, c) for r, c in zip(pool.map(jobs), completions)]
+    # A converged policy samples the same completion many times per group (after RL, 1 in 6
+    # of the quickstart's eval generations repeated one of its problem's): run each once.
+    pairs = list(zip(completions, ground_truths))
+    unique = list(dict.fromkeys(pairs))
+    results = pool.map([{"completion": c, "ground_truth": g} for c, g in unique])
+    by_pair = {pair: _to_score(r, pair[0]) for pair, r in zip(unique, results)}
+    return [by_pair[pair] for pair in pairs]

@@ -95,3 +95,25 @@ def test_one_completion_cannot_tamper_with_the_next() -> None:
     )
     results = score([tamper] + ["\\boxed{5}"] * 8, ["18"] * 9)
     assert [s.reward for s in results] == [0.0] * 9
+
+
+def test_repeated_completions_run_once_and_keep_their_order() -> None:
+    """A group's identical samples are executed once; every input still gets its score."""
+    from echo_nemo.reward.score import get_pool
+
+    pool = get_pool()
+    sent: list[dict] = []
+
+    class Counting:
+        def map(self, jobs: list[dict]) -> list[dict]:
+            sent.extend(jobs)
+            return pool.map(jobs)
+
+    right = "<llm-code>\n6 * 3\n</llm-code>\n\\boxed{18}"
+    wrong = "def simple_math_problem():\n    return 6 + 3\n"
+    completions = [right, wrong, right, right, wrong, right]
+    truths = ["18", "18", "18", "9", "18", "18"]  # the same text against another truth is another job
+    results = score(completions, truths, pool=Counting())
+    assert [s.reward for s in results] == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+    assert [s.format for s in results] == ["llm_code", "tinygsm", "llm_code", "llm_code", "tinygsm", "llm_code"]
+    assert len(sent) == 3
