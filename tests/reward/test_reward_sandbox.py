@@ -161,7 +161,9 @@ def test_a_killed_worker_is_replaced(pool) -> None:
     os.kill(worker.proc.pid, signal.SIGKILL)
     worker.proc.wait()
     before = pool.restarts
-    results = score(["def simple_math_problem():\n    return 2\n"] * 6, ["2"] * 6, pool=pool)
+    # distinct programs: identical ones are scored once and might all reach the live worker
+    programs = [f"def simple_math_problem():\n    return {i}\n" for i in range(6)]
+    results = score(programs, [str(i) for i in range(6)], pool=pool)
     assert [s.reward for s in results] == [1.0] * 6
     assert pool.restarts > before
     assert pool.info()["live"] == 2

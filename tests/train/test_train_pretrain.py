@@ -131,15 +131,18 @@ def test_train_checkpoints_reshard_between_tp2_and_tp1(reference_run, tp2_run, e
 
     import torch
 
-    # a TP=2 checkpoint loads at TP=1 and holds the TP=1 run's weights (same steps)
+    # a TP=2 checkpoint loads at TP=1 with the same weights it has at TP=2, and they are
+    # the TP=1 run's weights (same steps) up to the drift of TP's other summation order
+    # (max logit difference 4e-4 on an AVX-512 machine; a resharding error moves them by O(1))
     tokens = [[5, 17, 300, 2, 99, 1000, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8]]
     out = {}
-    for name, run in (("tp2", tp2_run), ("tp1", reference_run)):
+    for name, run, nproc in (("tp2", tp2_run, 1), ("tp2@tp2", tp2_run, 2), ("tp1", reference_run, 1)):
         path = tmp_path / f"{name}.pt"
-        run_distributed(_logits_of, 1, str(run), str(path), tokens)
+        run_distributed(_logits_of, nproc, str(run), str(path), tokens)
         out[name] = torch.load(path)
     assert out["tp1"].shape == (2, 8, 1024)
-    assert torch.allclose(out["tp2"], out["tp1"], atol=1e-4)
+    assert torch.allclose(out["tp2"], out["tp2@tp2"], atol=1e-5)
+    assert torch.allclose(out["tp2"], out["tp1"], atol=5e-3)
 
     # a TP=1 checkpoint (weights, AdamW moments, schedule, data position) resumes at TP=2
     run = tmp_path / "tp1_then_tp2"
