@@ -59,14 +59,16 @@ def plot_format_share(rows: Sequence[dict[str, Any]], path: Path, title: str, pr
     if not steps:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.stackplot(
-        steps,
-        [[shares[f].get(s, 0.0) for s in steps] for f in FORMATS],
-        labels=list(FORMATS),
-        colors=[FORMAT_COLORS[f] for f in FORMATS],
-        alpha=0.85,
-    )
-    ax.set_xlim(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1)
+    stacks = [[shares[f].get(s, 0.0) for s in steps] for f in FORMATS]
+    if len(steps) > 1:
+        ax.stackplot(steps, stacks, labels=list(FORMATS), colors=[FORMAT_COLORS[f] for f in FORMATS], alpha=0.85)
+        ax.set_xlim(steps[0], steps[-1])
+    else:  # one point (e.g. a held-out eval only at the end): an area of zero width is invisible
+        bottom = 0.0
+        for f, (v,) in zip(FORMATS, stacks):
+            ax.bar(steps, [v], bottom=bottom, width=0.6, label=f, color=FORMAT_COLORS[f], alpha=0.85)
+            bottom += v
+        ax.set_xlim(steps[0] - 1, steps[0] + 1)
     ax.set_ylim(0, 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("RL step")

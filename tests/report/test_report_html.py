@@ -102,3 +102,27 @@ def test_report_cli_and_bad_input(tmp_path, cli):
     (broken / "results.json").write_text("{not json")
     r = cli("report", str(broken), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "results.json" in r.stderr
+
+
+def _share_of_pixels(png: Path, hex_color: str, alpha: float = 0.85) -> float:
+    """Fraction of the image's pixels painted in `hex_color` (blended over white at `alpha`)."""
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    rgb = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+    want = alpha * rgb + (1 - alpha)
+    img = mpimg.imread(png)[..., :3]
+    return float((np.abs(img - want).max(axis=-1) < 0.03).mean())
+
+
+def test_format_share_with_one_point_is_drawn(tmp_path):
+    """RL runs that evaluate held-out prompts only at the end still show that one point."""
+    from echo_nemo.report.plots import FORMAT_COLORS, plot_format_share
+
+    rows = [{"step": 35, "eval/format/llm_code/share": 0.9, "eval/format/tinygsm/share": 0.1,
+             "eval/format/text/share": 0.0, "eval/format/other/share": 0.0}]
+    png = plot_format_share(rows, tmp_path / "one.png", "one point", prefix="eval/")
+    code = _share_of_pixels(png, FORMAT_COLORS["llm_code"])
+    tiny = _share_of_pixels(png, FORMAT_COLORS["tinygsm"])
+    assert code > 0.05  # a bar, not just the legend's swatch (~0.1% of the image)
+    assert 5 < code / tiny < 15  # the stack keeps the 9:1 proportion (up to the legend swatches)
