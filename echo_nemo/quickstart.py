@@ -11,7 +11,7 @@ format shares and accuracy before and after RL. Budgets:
 - full: the effect: 1000 pretraining steps, 35 GRPO steps (16 prompts x 8 samples) and two
   evaluations; about 8 min on 2 cores that pretrain at ~15,000 tokens/s, up to 20 on a
   slow machine at ~6,000 (README: measured per seed).
-- smoke: the same pipeline at plumbing size for CI (a few minutes); it shows no effect.
+- smoke: the same pipeline at plumbing size for CI (under a minute); it shows no effect.
 
 Running again with the same --out continues: the data build skips an up-to-date
 corpus and pretraining/RL resume from their checkpoints.
@@ -254,7 +254,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build a three-format echo-lab mixture, pretrain the tiny model, evaluate, RL fine-tune "
         "(GRPO), evaluate again and write a report. Prints the format shares and accuracy before and after "
         "RL. --budget full (8-20 min on 2 CPU cores, by machine speed) shows the effect; "
-        "smoke (a few minutes) checks the plumbing.",
+        "smoke (under a minute) checks the plumbing.",
     )
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="full (the effect) or smoke (CI)")
