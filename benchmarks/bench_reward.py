@@ -106,6 +106,12 @@ def build_mix(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     items += [(r["generated_solution"], r["expected_answer"]) for r in rng.choices(omi2, k=per)]
     items = [(c, t + "1" if rng.random() < 0.25 else t) for c, t in items]  # a quarter wrong
     items += [(h, "1") for h in HOSTILE]
+    # score() runs each distinct (completion, truth) once; the small test files repeat rows,
+    # so a repeat gets trailing newlines (same answer) to stay real work for every path
+    seen: dict[tuple[str, str], int] = {}
+    for i, (c, t) in enumerate(items):
+        seen[c, t] = seen.get((c, t), -1) + 1
+        items[i] = (c + "\n" * seen[c, t], t)
     rng.shuffle(items)
     return [c for c, _ in items], [t for _, t in items]
 

@@ -2,10 +2,11 @@
 
 reward = 1 if the answer extracted from the completion (formats.py; code answers come
 from executing the code in the sandbox) is math-verify-equivalent to the ground truth,
-else 0. No format bonus. Every item is evaluated inside a sandbox worker process
-(sandbox.py): parsing, execution (in a forked, limited child) and math-verify (in the
-worker's main thread, where its alarm-based timeout works). The calling process runs
-no model code and never calls math-verify itself.
+else 0. No format bonus. Each distinct (completion, ground truth) pair of a call is
+evaluated once, inside a sandbox worker process (sandbox.py): parsing, execution (in a
+forked, limited child) and math-verify (in the worker's main thread, where its
+alarm-based timeout works). The calling process runs no model code and never calls
+math-verify itself.
 """
 
 from __future__ import annotations

@@ -93,7 +93,8 @@ def test_one_completion_cannot_tamper_with_the_next() -> None:
         "    builtins.str = lambda x: '18'\n"
         "    return 1\n"
     )
-    results = score([tamper] + ["\\boxed{5}"] * 8, ["18"] * 9)
+    # distinct texts, so each is its own job (identical ones are run once)
+    results = score([tamper] + [f"Try {i}: \\boxed{{5}}" for i in range(8)], ["18"] * 9)
     assert [s.reward for s in results] == [0.0] * 9
 
 
