@@ -108,9 +108,9 @@ def _share_of_pixels(png: Path, hex_color: str, alpha: float = 0.85) -> float:
     """Fraction of the image's pixels painted in `hex_color` (blended over white at `alpha`)."""
     import matplotlib.image as mpimg
     import numpy as np
+    from matplotlib.colors import to_rgb
 
-    rgb = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]) / 255
-    want = alpha * rgb + (1 - alpha)
+    want = alpha * np.array(to_rgb(hex_color)) + (1 - alpha)
     img = mpimg.imread(png)[..., :3]
     return float((np.abs(img - want).max(axis=-1) < 0.03).mean())
 
