@@ -143,6 +143,20 @@ PROBLEM_SOURCES: dict[str, SourceInfo | None] = {
 }
 ECHOLAB_SIZES = {"echolab_train": 7473, "echolab_test": 1319}  # GSM8K's sizes
 
+# The evaluation benchmarks: name on the command line and in metric keys -> problem set.
+BENCHMARKS: dict[str, str] = {
+    "gsm8k": "gsm8k_test",
+    "math500": "math500",
+    "aime24": "aime24",
+    "aime25": "aime25",
+    "echolab": "echolab_test",
+}
+
+
+def benchmark_name(problem_set: str) -> str:
+    """The benchmark name of a problem set (gsm8k_test -> gsm8k), else the set's own name."""
+    return next((bench for bench, source in BENCHMARKS.items() if source == problem_set), problem_set)
+
 
 # ----------------------------------------------------------------------------- reading rows
 def _shared_data_dirs() -> list[Path]:

@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from echo_nemo.data.sources import BENCHMARKS
 from echo_nemo.errors import UserError
-
-# benchmark name on the command line -> problem set name of echo_nemo.data.sources.load_problems
-BENCHMARKS: dict[str, str] = {
-    "gsm8k": "gsm8k_test",
-    "math500": "math500",
-    "aime24": "aime24",
-    "aime25": "aime25",
-    "echolab": "echolab_test",
-}
 
 
 @dataclass

@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from echo_nemo.data.sources import BENCHMARKS
 from echo_nemo.errors import UserError
 from echo_nemo.eval import metrics as M
-from echo_nemo.eval.config import BENCHMARKS, EvalConfig
+from echo_nemo.eval.config import EvalConfig
 
 
 def _generate_all(model, tokenizer, prompts: list[str], *, desc: str, batch_size: int, seed: int,
@@ -28,7 +29,7 @@ def _generate_all(model, tokenizer, prompts: list[str], *, desc: str, batch_size
     """Completions for all prompts, in batches under a progress bar."""
     from tqdm import tqdm
 
-    from echo_nemo.rl.rollout import generate
+    from echo_nemo.model.generate import generate
 
     out: list[str] = []
     starts = range(0, len(prompts), batch_size)
@@ -170,9 +171,9 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
 def run_eval(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Load the checkpoint, evaluate every benchmark, write the run dir; returns results.json's dict."""
     from echo_nemo import distributed as D
+    from echo_nemo.checkpoint import load_model_for_inference, read_meta, resolve_checkpoint
     from echo_nemo.config import save_config
     from echo_nemo.metrics import MetricsLogger
-    from echo_nemo.train.checkpoint import load_model_for_inference, read_meta, resolve_checkpoint
 
     cfg.validate()
     if not cfg.checkpoint:

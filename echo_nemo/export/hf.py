@@ -151,7 +151,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtyp
     """Write `out/` = model.safetensors + config.json + tokenizer files for OlmoForCausalLM."""
     from safetensors.torch import save_file
 
-    from echo_nemo.train.checkpoint import load_model_for_inference, resolve_checkpoint
+    from echo_nemo.checkpoint import load_model_for_inference, resolve_checkpoint
 
     ckpt = resolve_checkpoint(ckpt)
     out = Path(out)
@@ -182,10 +182,10 @@ def import_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     from safetensors.torch import load_file
 
     from echo_nemo import distributed as D
+    from echo_nemo.checkpoint import latest_checkpoint, save_checkpoint
     from echo_nemo.model.build import build_gpt
     from echo_nemo.model.scales import padded_vocab_size
     from echo_nemo.tokenizer import load_tokenizer
-    from echo_nemo.train.checkpoint import latest_checkpoint, save_checkpoint
 
     src, out = Path(src), Path(out)
     cfg_path = src / "config.json"

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from echo_nemo.data.sources import benchmark_name
+from echo_nemo.model.generate import Rollout, gather_logits, generate
 from echo_nemo.rl.config import RLConfig
 from echo_nemo.rl.losses import entropy_from_logits, masked_mean, token_logprobs
-from echo_nemo.rl.rollout import Rollout, gather_logits, generate
 
 FORMATS = ("tinygsm", "llm_code", "text", "other")
 
@@ -383,7 +384,7 @@ class RLRun:
         truths = [p.answer for p in self.eval_problems]
         res = self.scorer(out.completions, truths) if _tp_rank() == 0 else None
         rewards, formats = _broadcast_tp(res)
-        m = {f"acc/{_benchmark_name(self.cfg.data.eval)}/pass@1": float(np.mean(rewards))}
+        m = {f"acc/{benchmark_name(self.cfg.data.eval)}/pass@1": float(np.mean(rewards))}
         m.update(format_stats(formats, rewards, prefix="eval/"))
         return m
 
@@ -393,7 +394,7 @@ class RLRun:
         `extra_models` = {name: (module, optimizer)} (e.g. PPO's critic) are saved as
         checkpoints of their own under run_dir/<name>/.
         """
-        from echo_nemo.train.checkpoint import rng_state, save_checkpoint
+        from echo_nemo.checkpoint import rng_state, save_checkpoint
 
         extra = {"rl_step": step, "sched": self.sched.state_dict() if self.sched else None,
                  "algo_state": dict(self.algo_state)}
@@ -405,8 +406,8 @@ class RLRun:
 
     def resume(self) -> None:
         """Continue after the newest checkpoint of this run dir, if there is one."""
+        from echo_nemo.checkpoint import latest_checkpoint, load_checkpoint, set_rng_state
         from echo_nemo.metrics import truncate_metrics
-        from echo_nemo.train.checkpoint import latest_checkpoint, load_checkpoint, set_rng_state
 
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
@@ -425,15 +426,6 @@ class RLRun:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
-
-
-def _benchmark_name(problem_set: str) -> str:
-    """The eval command's benchmark name for a prompt set (gsm8k_test -> gsm8k), else the set's name."""
-    try:
-        from echo_nemo.eval.config import BENCHMARKS
-    except ImportError:
-        return problem_set
-    return next((bench for bench, source in BENCHMARKS.items() if source == problem_set), problem_set)
 
 
 def _logger(run_dir: Path, main: bool):

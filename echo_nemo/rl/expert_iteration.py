@@ -16,9 +16,9 @@ import math
 import torch
 from tqdm import tqdm
 
+from echo_nemo.model.generate import Rollout
 from echo_nemo.rl.common import RLRun, build_experience, lr_lambda, micro_batches
 from echo_nemo.rl.losses import masked_mean
-from echo_nemo.rl.rollout import Rollout
 
 
 def filter_and_dedupe(question_ids: list[str], completions: list[str], rewards: list[float]) -> tuple[list[int], int]:

@@ -31,7 +31,7 @@ def _load_policy(cfg: RLConfig, tokenizer=None):
 
     dtype = torch.bfloat16 if (cfg.model.bf16 and torch.cuda.is_available()) else torch.float32
     if cfg.model.init:
-        from echo_nemo.train.checkpoint import (
+        from echo_nemo.checkpoint import (
             load_checkpoint,
             model_config_from_meta,
             read_meta,

@@ -101,12 +101,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     """Train `cfg.model` on `cfg.data.shards`; returns the run dir. Resumes automatically."""
     from tqdm import tqdm
 
+    from echo_nemo import checkpoint as C
     from echo_nemo.config import save_config
     from echo_nemo.data.loader import ShardLoader, read_manifest
     from echo_nemo.metrics import MetricsLogger, truncate_metrics
     from echo_nemo.model.build import build_gpt, causal_forward
     from echo_nemo.model.scales import flops_per_token, get_scale, param_counts
-    from echo_nemo.train import checkpoint as C
     from echo_nemo.train.mfu import device_peak_flops, mfu
     from echo_nemo.train.optim import build_optimizer
 

@@ -16,7 +16,7 @@ import sys, torch
 from echo_nemo import distributed as D
 from echo_nemo.model.build import ModelConfig, build_gpt
 from echo_nemo.tokenizer import load_tokenizer
-from echo_nemo.train.checkpoint import save_checkpoint
+from echo_nemo.checkpoint import save_checkpoint
 D.init_distributed(tp=1, seed=0)
 tok = load_tokenizer()
 cfg = ModelConfig(scale="debug", vocab_size=tok.vocab_size)

@@ -105,9 +105,9 @@ def test_two_point_pretrain_sweep_completes_and_is_never_rerun(
 
 
 def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tiny_shards, tmp_path):
+    from echo_nemo.checkpoint import latest_checkpoint
     from echo_nemo.launch.status import sweep_status
     from echo_nemo.launch.submit import plan_sweep, submit_sweep, wait_for
-    from echo_nemo.train.checkpoint import latest_checkpoint
 
     # srun lets the step run ~5 s after `scontrol requeue` before killing it: the run
     # must still be going by then, or it finishes before the requeue takes effect.

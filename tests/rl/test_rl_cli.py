@@ -48,7 +48,7 @@ def test_rl_command_starts_and_stops_its_reward_server(cli, tmp_path):
     assert (run_dir / "config.yaml").is_file() and (run_dir / "tokenizer" / "tokenizer.json").is_file()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_1", "step_2"]
     # the RL checkpoint is a standard one: eval/export load it
-    from echo_nemo.train.checkpoint import load_model_for_inference
+    from echo_nemo.checkpoint import load_model_for_inference
 
     model, tok, mcfg = load_model_for_inference(run_dir)
     assert mcfg.scale == "debug" and tok.vocab_size == mcfg.vocab_size

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from echo_nemo.checkpoint import complete_checkpoints, latest_checkpoint, read_meta
 from echo_nemo.distributed import free_port, run_distributed
 from echo_nemo.metrics import read_metrics
-from echo_nemo.train.checkpoint import complete_checkpoints, latest_checkpoint, read_meta
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = "recipes/pretrain/debug.yaml"
@@ -114,8 +114,8 @@ def _logits_of(ckpt: str, out: str, tokens: list[list[int]]) -> None:
     import torch
 
     from echo_nemo import distributed as D
+    from echo_nemo.checkpoint import load_model_for_inference
     from echo_nemo.model.build import causal_forward
-    from echo_nemo.train.checkpoint import load_model_for_inference
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     D.init_distributed(tp=world)

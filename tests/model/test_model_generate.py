@@ -7,8 +7,8 @@ import torch
 from rl_helpers import CharTokenizer, debug_model
 
 from echo_nemo.distributed import init_distributed, run_distributed
+from echo_nemo.model.generate import filter_logits, generate, greedy_no_cache
 from echo_nemo.rl.common import sequence_logprobs
-from echo_nemo.rl.rollout import filter_logits, generate, greedy_no_cache
 
 # 256 embedding rows at TP=1 and TP=2 alike (the vocab is padded to 128 * TP), so both
 # sizes draw the same initial weights; logits past the tokenizer's vocab are never sampled.
@@ -143,7 +143,7 @@ def test_keys_rotated_once_before_caching_give_identical_rollouts(model_and_tok,
 
 
 def test_sample_categorical_follows_the_distribution():
-    from echo_nemo.rl.rollout import sample_categorical
+    from echo_nemo.model.generate import sample_categorical
 
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 1.0]]).repeat(20_000, 1)
     g = torch.Generator().manual_seed(0)
