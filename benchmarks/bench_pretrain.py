@@ -6,7 +6,7 @@ OlmoForCausalLM of the same shape, batch and optimizer, measured in the same run
 A training step = forward + backward + gradient clipping + AdamW step, fp32, on random
 token batches (vocab 1024, the echo-lab tokenizer's). Ours uses the loop's pieces
 (build_gpt with the SDPA core attention, causal_forward with the padded-vocab mask,
-clip_grad_norm, build_optimizer). The two models alternate in rounds so machine load
+clip_gradients, OptimConfig.build). The two models alternate in rounds so machine load
 hits both alike; the median step time of each is reported, with the ratio
 (target >= 1.0) and our MFU against the CPU fp32 matmul peak (best window measured
 between rounds).
@@ -41,28 +41,24 @@ def main() -> None:
     from echo_nemo.export.hf import olmo_config
     from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
     from echo_nemo.model.scales import flops_per_token, get_scale
-    from echo_nemo.train.config import OptimConfig
-    from echo_nemo.train.loop import clip_grad_norm
+    from echo_nemo.optim import OptimConfig
+    from echo_nemo.parallel import clip_gradients
     from echo_nemo.train.mfu import cpu_matmul_peak, mfu
-    from echo_nemo.train.optim import build_optimizer
 
     D.init_distributed(tp=1, seed=0)
-    from megatron.core import parallel_state as ps
-
-    tp_group = ps.get_tensor_model_parallel_group()
     scale = get_scale(args.scale)
     cfg = ModelConfig(scale=args.scale, seq_length=args.seq, vocab_size=args.vocab)
     optim_cfg = OptimConfig(warmup_steps=10)
 
     ours = build_gpt(cfg, args.vocab)
-    ours_opt, _ = build_optimizer(ours, optim_cfg, 1000)
+    ours_opt, _ = optim_cfg.build(ours, 1000)
 
     class _Tok:
         pad_id, eos_id = 0, 0
 
     hf = OlmoForCausalLM(olmo_config(cfg, scale, _Tok(), torch.float32)).train()
     hf.config._attn_implementation = "sdpa"
-    hf_opt, _ = build_optimizer(hf, optim_cfg, 1000)
+    hf_opt, _ = optim_cfg.build(hf, 1000)
 
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g)
@@ -71,7 +67,7 @@ def main() -> None:
     def ours_step() -> float:
         loss = causal_forward(ours, tokens, labels, vocab_size=args.vocab).mean()
         loss.backward()
-        clip_grad_norm(ours, 1.0, tp_group)
+        clip_gradients(ours.parameters(), 1.0)
         ours_opt.step()
         ours_opt.zero_grad(set_to_none=True)
         return loss.item()

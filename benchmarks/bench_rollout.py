@@ -93,7 +93,7 @@ def time_hf(hf, tok, prompts: list[str], new_tokens: int, repeats: int) -> tuple
 def time_update(ours, tok, prompts: list[str], new_tokens: int, micro_batch: int) -> float:
     """Tokens/s of one policy-gradient forward+backward over a rollout batch (GPU only)."""
     from echo_nemo.model.generate import generate
-    from echo_nemo.rl.common import build_experience, micro_batches, sequence_logprobs
+    from echo_nemo.rl.experience import build_experience, micro_batches, sequence_logprobs
 
     out = generate(ours, tok, prompts, max_new_tokens=new_tokens, temperature=1.0, seed=0)
     exp = build_experience(out, [0.0] * len(prompts), tok.eos_id, next(ours.parameters()).device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from echo_nemo.errors import UserError
@@ -35,6 +37,18 @@ from echo_nemo.model.build import ModelConfig
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 META = "meta.json"
+
+
+# ----------------------------------------------------------------------------- when to save
+def log_spaced_steps(total: int, num: int = 15) -> list[int]:
+    """The study's log-spaced checkpoint steps: ceil(logspace(-2.1, 0, num) * total), unique, >= 1.
+
+    The last step is always among them (num <= 1 keeps only it): a run's result is saved.
+    """
+    if num <= 1:
+        return [total]
+    fracs = np.logspace(-2.1, 0, num)
+    return sorted({max(1, min(total, math.ceil(f * total - 1e-9))) for f in fracs} | {total})
 
 
 # ----------------------------------------------------------------------------- paths

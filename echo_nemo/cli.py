@@ -33,6 +33,22 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An old option spelling: still works for one release, with a line saying so."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"echo-nemo: {option_string} is deprecated, use --{self.dest}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_out_option(parser: argparse.ArgumentParser, help: str, old: str | None = None) -> None:
+    """`--out DIR`: the one spelling of "the folder this command writes" (run or data dir).
+    `old` is a previous spelling kept as a deprecated alias."""
+    parser.add_argument("--out", default=None, metavar="DIR", help=help)
+    if old:
+        parser.add_argument(old, dest="out", action=_DeprecatedAlias, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echo-nemo",

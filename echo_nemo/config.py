@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import importlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +46,27 @@ RECIPE_SCHEMAS: dict[str, str] = {
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
+
+
+@dataclasses.dataclass
+class ParallelConfig:
+    """How a run is split over processes: the same section in pretrain, rl and eval recipes.
+
+    One launch story for every command: start `tp x dp` processes with torchrun (or srun
+    under SLURM); the world size divided by `tp` is the data-parallel size.
+    """
+
+    tp: int = 1  # tensor parallel size
+
+    def validate(self) -> None:
+        if self.tp < 1:
+            raise UserError(f"parallel.tp must be >= 1, got {self.tp}")
+
+    def build(self, seed: int):
+        """Initialise process groups for this layout (see echo_nemo.distributed)."""
+        from echo_nemo import distributed as D
+
+        return D.init_distributed(tp=self.tp, seed=seed)
 
 
 def import_object(dotted: str) -> Any:
@@ -130,19 +152,39 @@ def _explain(e: OmegaConfBaseException, source: str, schema: type) -> UserError:
     return UserError(f"{source}: invalid config at {str(key)!r}: {str(e).splitlines()[0]}")
 
 
+def _pop_renamed(part: DictConfig, renamed: dict[str, str], source: str) -> list[tuple[str, Any]]:
+    """Take the keys an older schema used out of a recipe: [(new key, value)] to set after
+    merging it. Each one prints a line asking to rename it (old recipes keep working)."""
+    moved = []
+    for old, new in renamed.items():
+        parent, _, leaf = old.rpartition(".")
+        node = OmegaConf.select(part, parent) if parent else part
+        if isinstance(node, DictConfig) and leaf in node:
+            moved.append((new, OmegaConf.to_container(node, resolve=False)[leaf]))
+            del node[leaf]
+            print(f"{source}: config key {old!r} is now {new!r} (migrated; please rename it)", file=sys.stderr)
+    return moved
+
+
 def compose(schema: type[T], path: str | os.PathLike | None, overrides: list[str] | None = None) -> DictConfig:
     """Merge schema defaults, the recipe chain and dotted overrides; validate each step."""
     cfg = OmegaConf.structured(schema)
+    renamed: dict[str, str] = getattr(schema, "RENAMED", {})
     chain = _expand_defaults(Path(path)) if path is not None else []
     for source, part in chain:
+        moved = _pop_renamed(part, renamed, source)
         try:
             cfg = OmegaConf.merge(cfg, part)
+            for key, value in moved:
+                OmegaConf.update(cfg, key, value, merge=True)
         except OmegaConfBaseException as e:
             raise _explain(e, source, schema) from None
     for item in overrides or []:
         key, eq, raw = item.partition("=")
         if not eq or not key:
             raise UserError(f"override {item!r} must look like key=value (e.g. train.lr=3e-4)")
+        if key in renamed:
+            raise UserError(f"override {item!r}: config key {key!r} was renamed to {renamed[key]!r}")
         # Parse the value with OmegaConf's grammar (1e-3 is a float, [a,b] a list), then
         # update in place so list indices work: sources.1.repeat=4.
         value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from echo_nemo.errors import UserError
+from echo_nemo.net import free_port
 
 _CPU_PATCHED = False
 
@@ -164,12 +164,6 @@ class DistEnv:
     master_port: int
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _slurm_master_addr() -> str:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
     if not nodelist:
@@ -225,8 +219,10 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_min: in
 
     env = detect_env()
     if env.world_size % (tp * pp) != 0:
+        launch = (f"; start {tp * pp} processes per model replica, e.g. `torchrun --nproc-per-node "
+                  f"{tp * pp} -m echo_nemo.cli ...` (or srun under SLURM)") if env.world_size == 1 else ""
         raise UserError(
-            f"world size {env.world_size} is not divisible by parallel.tp * parallel.pp = {tp * pp}"
+            f"world size {env.world_size} is not divisible by parallel.tp * parallel.pp = {tp * pp}{launch}"
         )
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -303,48 +299,6 @@ def dp_size() -> int:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Average .grad over the data-parallel group in one flat all-reduce.
-
-    Every DP rank holds a replica and a different slice of the global batch, so the
-    average of their gradients is the gradient of the global-batch mean loss.
-    """
-    from megatron.core import parallel_state as ps
-
-    if dp_size() == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=ps.get_data_parallel_group())
-    flat /= dp_size()
-    offset = 0
-    for g in grads:
-        n = g.numel()
-        g.copy_(flat[offset : offset + n].view_as(g))
-        offset += n
-
-
-def gather_tp_param(tensor: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:
-    """The full (TP=1 layout) tensor of a tensor-parallel shard, on every TP rank.
-
-    `tensor` is a parameter's shard or its gradient (then pass the parameter as `param`
-    for its sharding attributes). Megatron shards along `partition_dim`; with
-    `partition_stride` s > 1 (SwiGLU's fc1 holds [gate_r; up_r] on rank r) each shard
-    is s interleaved pieces.
-    """
-    from megatron.core import parallel_state as ps
-
-    param = tensor if param is None else param
-    if tp_size() == 1 or not getattr(param, "tensor_model_parallel", False):
-        return tensor.detach().clone()
-    dim = param.partition_dim
-    stride = getattr(param, "partition_stride", 1)
-    shards = [torch.empty_like(tensor) for _ in range(tp_size())]
-    dist.all_gather(shards, tensor.detach().contiguous(), group=ps.get_tensor_model_parallel_group())
-    pieces = [shard.chunk(stride, dim=dim) for shard in shards]
-    return torch.cat([p[i] for i in range(stride) for p in pieces], dim=dim)
 
 
 # ----------------------------------------------------------------------------- testing

@@ -114,7 +114,7 @@ def summarize(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     greedy shares are reported beside them. Accuracy is greedy pass@1 on the echo-lab
     test problems.
     """
-    from echo_nemo.eval.metrics import dominant_format
+    from echo_nemo.reward.format_stats import dominant_format
 
     b, a = _side(before), _side(after)
     # `other` (unclassifiable output) is not a solution format: it never "wins"
@@ -134,7 +134,7 @@ def summarize(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 def print_summary(console, summary: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from echo_nemo.eval.metrics import FORMATS
+    from echo_nemo.reward.formats import FORMATS
 
     table = Table(title="echo chamber: echo-lab test set before / after RL")
     table.add_column("")

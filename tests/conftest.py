@@ -20,11 +20,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str | None = None):
-    """Run `echo-nemo ARGS` in a fresh interpreter; returns the CompletedProcess."""
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str | None = None, nproc: int = 1):
+    """Run `echo-nemo ARGS` in a fresh interpreter (or `nproc` ranks under torchrun, the
+    launch story of every command at TP > 1); returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}
+    launch = [sys.executable, "-m", "echo_nemo.cli"]
+    if nproc > 1:
+        from echo_nemo.net import free_port
+
+        full_env.setdefault("OMP_NUM_THREADS", "1")
+        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                  f"--master_port={free_port()}", "-m", "echo_nemo.cli"]
     return subprocess.run(
-        [sys.executable, "-m", "echo_nemo.cli", *map(str, args)],
+        [*launch, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=timeout,

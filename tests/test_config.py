@@ -150,3 +150,32 @@ def test_cli_usage_errors(cli):
     assert cli().returncode == 2  # no subcommand: help and exit 2
     res = cli("config", "recipes/nowhere/x.yaml")
     assert res.returncode == 2 and "recipes/<" in res.stderr
+
+
+RENAMES = [  # (recipe, old key, value in the old spelling, new key, value it must land as)
+    ("pretrain/tiny.yaml", "optim.beta2", "0.98", "optim.betas", [0.9, 0.98]),
+    ("rl/grpo_echolab_tiny.yaml", "model.tp", "2", "parallel.tp", 2),
+    ("eval/echolab_tiny_cpu.yaml", "tp", "2", "parallel.tp", 2),
+]
+
+
+@pytest.mark.parametrize(("recipe", "old", "value", "new", "landed"), RENAMES)
+def test_renamed_keys_migrate_in_recipes_and_exit_2_on_the_command_line(cli, tmp_path, recipe, old, value,
+                                                                         new, landed):
+    kind = recipe.split("/")[0]
+    *sections, name = old.split(".")
+    body = f"{name}: {value}"
+    for section in reversed(sections):
+        body = f"{section}: {{{body}}}"
+    legacy = write(tmp_path / "recipes" / kind / "legacy.yaml", f"defaults: [{REPO / 'recipes' / recipe}]\n{body}\n")
+    res = cli("config", legacy)
+    assert res.returncode == 0, res.stderr
+    assert f"'{old}' is now '" in res.stderr  # the migration says so
+    resolved = yaml.safe_load(res.stdout)
+    for part in new.split("."):
+        resolved = resolved[part]
+    assert resolved == landed
+
+    res = cli("config", REPO / "recipes" / recipe, f"{old}={value}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{old!r} was renamed to" in res.stderr and new in res.stderr

@@ -20,6 +20,7 @@ def _loss_and_grads(tp: int, out_path: str, split: str = "") -> None:
     import torch.distributed as dist
 
     from echo_nemo import distributed as d
+    from echo_nemo import parallel as P
     from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
 
     d.init_distributed(tp=tp, seed=1234)
@@ -30,8 +31,8 @@ def _loss_and_grads(tp: int, out_path: str, split: str = "") -> None:
         batch = batch[d.dp_rank() * per : (d.dp_rank() + 1) * per]
     loss = causal_forward(model, batch[:, :-1], labels=batch[:, 1:]).mean()
     loss.backward()
-    d.average_gradients(list(model.parameters()))
-    grads = {n: d.gather_tp_param(p.grad, p) for n, p in model.named_parameters()}
+    P.average_gradients(list(model.parameters()))
+    grads = {n: P.gather_tp_param(p.grad, p) for n, p in model.named_parameters()}
     global_loss = loss.detach().clone()
     if d.dp_size() > 1:
         from megatron.core import parallel_state as ps

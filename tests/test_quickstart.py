@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from echo_nemo.eval.metrics import FORMATS
 from echo_nemo.metrics import read_metrics
 from echo_nemo.quickstart import summarize
+from echo_nemo.reward.formats import FORMATS
 
 
 def _results(shares: dict[str, float], greedy_acc: float) -> dict:

@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-FORMATS: tuple[str, ...] = ("tinygsm", "llm_code", "text")
+from echo_nemo.reward.formats import FORMATS
+
 TEST_MODULUS = 10  # one parameter key in ten belongs to the test split
 
 
@@ -169,7 +170,7 @@ class EchoProblem:
             return render_llm_code(self)
         if fmt == "text":
             return render_text(self)
-        raise ValueError(f"unknown echo-lab format {fmt!r}; expected one of {FORMATS}")
+        raise ValueError(f"unknown echo-lab format {fmt!r}; expected one of {FORMATS[:-1]}")
 
     def document(self, fmt: str, misquote: random.Random | None = None) -> str:
         return f"{self.question}\n\n{self.render(fmt, misquote)}"

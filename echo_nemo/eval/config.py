@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from echo_nemo.config import ParallelConfig
 from echo_nemo.data.sources import BENCHMARKS
 from echo_nemo.errors import UserError
 
@@ -31,10 +33,12 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # pass@k reported for k <= n
     batch_size: int = 64
     seed: int = 0
-    tp: int = 1
     run_dir: str = "runs/eval"
     label: str = ""  # shown in reports, e.g. "before RL"
     save_samples: bool = True  # samples.jsonl with every generation, its format and reward
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    RENAMED: ClassVar[dict[str, str]] = {"tp": "parallel.tp"}
 
     def validate(self) -> None:
         # `checkpoint` may be empty in a recipe (it comes with --checkpoint): run_eval checks it
@@ -52,7 +56,8 @@ class EvalConfig:
             raise UserError("eval config: greedy=false and sampling.n=0 leave nothing to evaluate")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"eval config: limit must be >= 1 (got {self.limit})")
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.tp < 1:
-            raise UserError("eval config: max_new_tokens, batch_size and tp must be >= 1")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise UserError("eval config: max_new_tokens and batch_size must be >= 1")
+        self.parallel.validate()
         if any(k < 1 for k in self.ks):
             raise UserError(f"eval config: ks must be positive (got {self.ks})")

@@ -1,4 +1,5 @@
-"""Pure evaluation metrics: unbiased pass@k, majority vote, per-format statistics.
+"""Pure evaluation metrics: unbiased pass@k and majority vote (per-format statistics:
+echo_nemo.reward.format_stats).
 
 No torch, no I/O: every function takes plain Python lists so the math can be tested
 against exact enumeration.
@@ -9,9 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from math import comb
-
-# The format names every area agrees on (reward.classify returns one of these).
-FORMATS: tuple[str, ...] = ("tinygsm", "llm_code", "text", "other")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -72,50 +70,3 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int) -> 
     if winner is None:
         return False
     return any(ok for a, ok in zip(first_answers, first_correct) if a == winner)
-
-
-def format_stats(formats: Sequence[str], correct: Sequence[bool]) -> dict[str, dict[str, float | int | None]]:
-    """Share and accuracy of every format over a set of generations.
-
-        share(f) = #{i : format_i = f} / N
-        acc(f)   = #{i : format_i = f and correct_i} / #{i : format_i = f}   (None if no such i)
-
-    Every name in FORMATS is present; an unknown format name counts as `other`.
-    """
-    if len(formats) != len(correct):
-        raise ValueError(f"formats ({len(formats)}) and correct ({len(correct)}) differ in length")
-    total = len(formats)
-    counts = Counter()
-    hits = Counter()
-    for fmt, ok in zip(formats, correct):
-        name = fmt if fmt in FORMATS else "other"
-        counts[name] += 1
-        hits[name] += int(bool(ok))
-    stats: dict[str, dict[str, float | int | None]] = {}
-    for name in FORMATS:
-        n = counts[name]
-        stats[name] = {
-            "count": n,
-            "share": n / total if total else 0.0,
-            "acc": hits[name] / n if n else None,
-        }
-    return stats
-
-
-def format_metrics(prefix: str, formats: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
-    """format_stats flattened to metric names `<prefix>format/<name>/share|acc`.
-
-    An accuracy of a format that never occurs is left out (not 0, not NaN).
-    """
-    out: dict[str, float] = {}
-    for name, s in format_stats(formats, correct).items():
-        out[f"{prefix}format/{name}/share"] = float(s["share"])
-        if s["acc"] is not None:
-            out[f"{prefix}format/{name}/acc"] = float(s["acc"])
-    return out
-
-
-def dominant_format(shares: dict[str, float]) -> tuple[str, float]:
-    """The format with the largest share (ties: the earlier name in FORMATS)."""
-    best = max(FORMATS, key=lambda f: (shares.get(f, 0.0), -FORMATS.index(f)))
-    return best, shares.get(best, 0.0)

@@ -18,19 +18,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from echo_nemo.data.sources import BENCHMARKS
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from echo_nemo import distributed as D
+from echo_nemo.checkpoint import load_model_for_inference, read_meta, resolve_checkpoint
+from echo_nemo.config import save_config
+from echo_nemo.data.sources import BENCHMARKS, load_problems
 from echo_nemo.errors import UserError
 from echo_nemo.eval import metrics as M
 from echo_nemo.eval.config import EvalConfig
+from echo_nemo.metrics import MetricsLogger, read_metrics
+from echo_nemo.model.generate import generate
+from echo_nemo.reward import score
+from echo_nemo.reward.format_stats import format_stats
+from echo_nemo.reward.formats import FORMATS
 
 
 def _generate_all(model, tokenizer, prompts: list[str], *, desc: str, batch_size: int, seed: int,
                   show_progress: bool, **kw: Any) -> list[str]:
     """Completions for all prompts, in batches under a progress bar."""
-    from tqdm import tqdm
-
-    from echo_nemo.model.generate import generate
-
     out: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, unit="batch", disable=not show_progress, leave=False):
@@ -48,8 +56,6 @@ def evaluate_problems(model, tokenizer, problems: list, cfg: EvalConfig, *, name
     sample_acc (mean c/n), pass_at_k {k: mean_i pass_at_k(n, c_i, k)} for k in cfg.ks <= n,
     maj_at_k (k = n), formats (share/acc per format over all n x problems samples).
     """
-    from echo_nemo.reward import score
-
     results: dict[str, Any] = {"problems": len(problems)}
     records: list[dict[str, Any]] = []
     prompts = [p.prompt for p in problems]
@@ -61,7 +67,7 @@ def evaluate_problems(model, tokenizer, problems: list, cfg: EvalConfig, *, name
         scores = score(comps, truths)
         correct = [s.reward > 0.5 for s in scores]
         results["pass@1"] = sum(correct) / len(correct) if correct else 0.0
-        results["greedy_formats"] = M.format_stats([s.format for s in scores], correct)
+        results["greedy_formats"] = format_stats([s.format for s in scores], correct)
         records += [{"problem": p.id, "mode": "greedy", "completion": c, "format": s.format, "answer": s.answer,
                      "reward": s.reward} for p, c, s in zip(problems, comps, scores)]
     n = cfg.sampling.n
@@ -83,7 +89,7 @@ def evaluate_problems(model, tokenizer, problems: list, cfg: EvalConfig, *, name
         }
         results["k"] = n
         results["maj_at_k"] = sum(M.maj_at_k(a, c, n) for a, c in zip(answers, per_problem)) / max(1, len(problems))
-        results["formats"] = M.format_stats([s.format for s in scores], correct)
+        results["formats"] = format_stats([s.format for s in scores], correct)
         records += [{"problem": problems[i // n].id, "mode": "sample", "completion": c, "format": s.format,
                      "answer": s.answer, "reward": s.reward} for i, (c, s) in enumerate(zip(comps, scores))]
     else:
@@ -98,8 +104,8 @@ def results_to_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     their count); per-benchmark shares are in results.json.
     """
     out: dict[str, float] = {}
-    counts = {f: 0 for f in M.FORMATS}
-    hits = {f: 0.0 for f in M.FORMATS}
+    counts = {f: 0 for f in FORMATS}
+    hits = {f: 0.0 for f in FORMATS}
     for bench, r in results.items():
         if "pass@1" in r:
             out[f"acc/{bench}/pass@1"] = r["pass@1"]
@@ -112,7 +118,7 @@ def results_to_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
             counts[f] += s["count"]
             hits[f] += (s["acc"] or 0.0) * s["count"]
     total = sum(counts.values())
-    for f in M.FORMATS:
+    for f in FORMATS:
         out[f"format/{f}/share"] = counts[f] / total if total else 0.0
         if counts[f]:
             out[f"format/{f}/acc"] = hits[f] / counts[f]
@@ -120,8 +126,6 @@ def results_to_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def load_benchmark(bench: str, cfg: EvalConfig) -> list:
-    from echo_nemo.data.sources import load_problems
-
     problems = load_problems(BENCHMARKS[bench], path=cfg.data_paths.get(bench), limit=cfg.limit)
     if not problems:
         raise UserError(f"benchmark {bench!r} has no problems (source {cfg.data_paths.get(bench) or BENCHMARKS[bench]!r})")
@@ -129,9 +133,6 @@ def load_benchmark(bench: str, cfg: EvalConfig) -> list:
 
 
 def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=title)
     for col in ("benchmark", "problems", "pass@1 (greedy)", "pass@k", "maj@k", "sampled acc", "formats (sampled)"):
         table.add_column(col, overflow="fold")
@@ -154,8 +155,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _drop_rows_at_step(run_dir: Path, step: int) -> None:
-    from echo_nemo.metrics import read_metrics
-
     path = run_dir / "metrics.jsonl"
     rows = read_metrics(run_dir)
     if any(r.get("step") == step for r in rows):
@@ -170,18 +169,13 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def run_eval(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Load the checkpoint, evaluate every benchmark, write the run dir; returns results.json's dict."""
-    from echo_nemo import distributed as D
-    from echo_nemo.checkpoint import load_model_for_inference, read_meta, resolve_checkpoint
-    from echo_nemo.config import save_config
-    from echo_nemo.metrics import MetricsLogger
-
     cfg.validate()
     if not cfg.checkpoint:
         raise UserError("eval: `checkpoint` is required (--checkpoint: a checkpoint dir or a run dir)")
     ckpt = resolve_checkpoint(cfg.checkpoint)
     step = int(read_meta(ckpt).get("step", 0))
     problems = {b: load_benchmark(b, cfg) for b in cfg.benchmarks}  # bad data fails before the model loads
-    model, tokenizer, _ = load_model_for_inference(ckpt, tp=cfg.tp)
+    model, tokenizer, _ = load_model_for_inference(ckpt, tp=cfg.parallel.tp)
     main = D.is_main()
     run_dir = Path(cfg.run_dir)
     if main:

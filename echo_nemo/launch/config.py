@@ -7,10 +7,10 @@ recipe, and a grid over dotted config keys of that recipe:
     command: rl
     recipe: recipes/rl/ppo_gsm8k_150m.yaml
     grid:
-      rl.algorithm: [ppo, grpo, reinforce]
-      rl.kl_coef: [0.0, 0.001, 0.01]
+      algorithm: [ppo, grpo, reinforce]
+      kl.coef: [0.0, 0.001, 0.01]
       _mixture: [as_fm3_tg, as_fm3_tg_omi1]     # a sweep variable, not a config key
-    overrides: ["init=runs/pretrain_150m/{_mixture}"]
+    overrides: ["model.init=runs/pretrain_150m/{_mixture}"]
     profile: gpu_1node_8gpu
     resources: {time: "12:00:00"}
 

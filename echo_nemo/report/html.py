@@ -19,9 +19,10 @@ from typing import Any
 import yaml
 
 from echo_nemo.errors import UserError
-from echo_nemo.eval.metrics import FORMATS, dominant_format
 from echo_nemo.metrics import read_metrics
 from echo_nemo.report import plots
+from echo_nemo.reward.format_stats import dominant_format
+from echo_nemo.reward.formats import FORMATS
 
 # Config keys that differ between runs for reasons that say nothing about the
 # experiment (paths, names); they never label a sweep comparison.

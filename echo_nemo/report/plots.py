@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # headless: no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from echo_nemo.eval.metrics import FORMATS  # noqa: E402
+from echo_nemo.reward.formats import FORMATS  # noqa: E402
 
 FORMAT_COLORS = {"tinygsm": "#1f77b4", "llm_code": "#ff7f0e", "text": "#2ca02c", "other": "#9b9b9b"}
 

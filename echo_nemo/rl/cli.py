@@ -3,12 +3,14 @@
 The algorithm is the recipe's `algorithm` key (overridable: `algorithm=grpo`). Without
 `reward.url` the command starts a local reward server and stops it when it ends.
 Running again with the same run_dir resumes from the newest checkpoint. For TP=2:
-`torchrun --nproc-per-node 2 -m echo_nemo.cli rl RECIPE model.tp=2`.
+`torchrun --nproc-per-node 2 -m echo_nemo.cli rl RECIPE parallel.tp=2`.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from echo_nemo.cli import add_out_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="a YAML file under recipes/rl/")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. kl.coef=0.01 steps=20")
+    add_out_option(p, "run dir to write (default: the recipe's run_dir)")
     p.set_defaults(func=_run)
 
 
@@ -24,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
     from echo_nemo.rl.config import RLConfig
     from echo_nemo.rl.run import run_rl
 
-    cfg = load_recipe(RLConfig, args.recipe, args.overrides)
+    overrides = args.overrides + ([f"run_dir={args.out}"] if args.out else [])
+    cfg = load_recipe(RLConfig, args.recipe, overrides)
     run_dir = run_rl(cfg)
     from echo_nemo import distributed as D
 

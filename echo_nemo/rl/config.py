@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from echo_nemo.config import ParallelConfig
 from echo_nemo.errors import UserError
+from echo_nemo.optim import OptimConfig
 
 ALGORITHMS = ("ppo", "grpo", "reinforce", "ei")
 
@@ -15,7 +18,6 @@ class ModelSection:
     init: str | None = None  # checkpoint dir or run dir; None = a freshly initialised model
     scale: str = "debug"  # used only when init is None
     tokenizer: str | None = None  # None = the checkpoint's tokenizer, else the default one
-    tp: int = 1
     bf16: bool = False
 
 
@@ -42,17 +44,16 @@ class RolloutSection:
 
 
 @dataclass
-class OptimSection:
+class RLOptimConfig(OptimConfig):
+    """The shared optimizer settings (echo_nemo.optim) with RL's defaults, plus how the
+    update consumes a rollout batch."""
+
     lr: float = 1e-4
-    critic_lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
     warmup_frac: float = 0.03
-    min_lr_ratio: float = 0.1  # cosine down to this fraction of lr
-    decay_frac: float = 1.0  # the cosine spans this last fraction of steps (constant before it)
-    grad_clip: float = 1.0
+    critic_lr: float = 1e-4  # PPO's critic (its own AdamW with the same schedule)
     micro_batch_size: int = 16  # sequences per forward/backward
-    epochs: int = 1  # passes of the update over each rollout batch
+    epochs: int = 1  # passes of the update over each rollout batch (one optimizer step each)
 
 
 @dataclass
@@ -79,6 +80,12 @@ class PPOSection:
 class GRPOSection:
     clip: float = 0.2
     scale_by_std: bool = True
+
+
+@dataclass
+class ReinforceSection:
+    clip: float = 0.2  # ratio clip (the ratio is exactly 1 with one epoch; guards extra epochs)
+    ema_decay: float = 0.9  # EMA baseline's decay when samples_per_prompt == 1
 
 
 @dataclass
@@ -114,14 +121,18 @@ class RLConfig:
     num_checkpoints: int = 15  # the study's logspace(-2.1, 0, 15) x total steps
     entropy_coef: float = 0.0
     model: ModelSection = field(default_factory=ModelSection)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataSection = field(default_factory=DataSection)
     rollout: RolloutSection = field(default_factory=RolloutSection)
-    optim: OptimSection = field(default_factory=OptimSection)
+    optim: RLOptimConfig = field(default_factory=RLOptimConfig)
     kl: KLSection = field(default_factory=KLSection)
     ppo: PPOSection = field(default_factory=PPOSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)
+    reinforce: ReinforceSection = field(default_factory=ReinforceSection)
     ei: EISection = field(default_factory=EISection)
     reward: RewardSection = field(default_factory=RewardSection)
+
+    RENAMED: ClassVar[dict[str, str]] = {"model.tp": "parallel.tp"}
 
     def validate(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -141,18 +152,16 @@ class RLConfig:
             raise UserError("rollout.samples_per_prompt must be >= 2 for grpo (advantages are per group)")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"steps must be >= 1 (or null for `epochs` passes), got {self.steps}")
-        if self.model.tp < 1:
-            raise UserError(f"model.tp must be >= 1, got {self.model.tp}")
-        for key in ("warmup_frac", "min_lr_ratio", "decay_frac"):
-            if not 0 <= getattr(self.optim, key) <= 1:
-                raise UserError(f"optim.{key} must be in [0, 1], got {getattr(self.optim, key)}")
-
-    def kl_in_reward(self) -> bool:
-        if self.kl.in_reward is not None:
-            return self.kl.in_reward
-        return self.algorithm in ("ppo", "reinforce")
+        self.parallel.validate()
+        self.optim.validate()
+        if self.optim.micro_batch_size < 1 or self.optim.epochs < 1:
+            raise UserError("optim.micro_batch_size and optim.epochs must be >= 1")
 
     def total_steps(self, num_prompts: int) -> int:
+        """Steps of the run: `steps`, else `epochs` passes over the prompts; Expert
+        Iteration's steps are its rounds."""
+        if self.algorithm == "ei":
+            return self.ei.rounds
         if self.steps is not None:
             return self.steps
         return max(1, math.ceil(self.epochs * num_prompts / self.rollout.prompts_per_step))

@@ -5,8 +5,10 @@
               -> SFT on the kept set starting from the ORIGINAL base (or, with
                  `ei.online`, from the last round's model) -> the round-n model
 
-One round is one "step" of the run: metrics, eval and a checkpoint per round, and a
-resume continues with the next round.
+One round is one step of the loop (rl/loop.py): metrics, eval and a checkpoint per
+round, and a resume continues with the next round. Its phases: `sample` (every train
+question, in chunks), `experience` (the filter: only kept samples become training
+tensors), `update` (SFT with its own AdamW per round). No advantages, no KL.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import math
 import torch
 from tqdm import tqdm
 
+from echo_nemo import distributed as D
 from echo_nemo.model.generate import Rollout
-from echo_nemo.rl.common import RLRun, build_experience, lr_lambda, micro_batches
+from echo_nemo.rl.algorithm import Algorithm, Batch
+from echo_nemo.rl.experience import Experience, build_experience, micro_batches, sequence_logprobs
+from echo_nemo.rl.loop import optimizer_step
 from echo_nemo.rl.losses import masked_mean
 
 
@@ -58,37 +63,60 @@ def _concat(parts: list[Rollout]) -> Rollout:
     return out
 
 
-def sample(run: RLRun, rnd: int) -> tuple[Rollout, list]:
-    """k samples per question, in chunks of rollout.prompts_per_step questions."""
-    cfg = run.cfg
-    questions = run.problems[: cfg.ei.questions_per_round] if cfg.ei.questions_per_round else run.problems
-    chunk = cfg.rollout.prompts_per_step
-    parts = []
-    for start in tqdm(range(0, len(questions), chunk), desc=f"ei round {rnd} sampling", leave=False):
-        qs = questions[start : start + chunk]
-        parts.append(run.generate(qs, rnd * 1_000_003 + start, samples=cfg.ei.samples_per_question,
-                                  temperature=cfg.ei.temperature, top_p=cfg.ei.top_p))
-    return _concat(parts), questions
+class ExpertIteration(Algorithm):
+    def setup(self, run) -> None:
+        # no policy optimizer: each round's SFT builds its own; keep the base weights
+        self.base = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                     for k, v in run.model.state_dict().items()}
+
+    def sample(self, run, rnd: int) -> Batch:
+        """k samples per question, in chunks of rollout.prompts_per_step questions."""
+        cfg = run.cfg
+        questions = run.problems[: cfg.ei.questions_per_round] if cfg.ei.questions_per_round else run.problems
+        chunk = cfg.rollout.prompts_per_step
+        parts = []
+        for start in tqdm(range(0, len(questions), chunk), desc=f"ei round {rnd} sampling", leave=False,
+                          disable=not D.is_main()):
+            qs = questions[start : start + chunk]
+            parts.append(run.generate(qs, rnd * 1_000_003 + start, samples=cfg.ei.samples_per_question,
+                                      temperature=cfg.ei.temperature, top_p=cfg.ei.top_p))
+        return Batch(questions, _concat(parts), cfg.ei.samples_per_question)
+
+    def experience(self, run, batch: Batch, rewards: list[float]) -> Experience:
+        """Training tensors of the kept samples only (verified, deduplicated)."""
+        qids = [q.id for q in batch.problems for _ in range(batch.samples)]
+        keep, dupes = filter_and_dedupe(qids, batch.rollout.completions, rewards)
+        pad = run.tokenizer.pad_id if run.tokenizer.pad_id is not None else run.tokenizer.eos_id
+        kept = _subset(batch.rollout, keep)
+        exp = build_experience(kept, [rewards[i] for i in keep], pad, run.device) if keep else None
+        stats = {"ei/kept": float(len(keep)), "ei/duplicates": float(dupes),
+                 "ei/questions_solved": float(len({qids[i] for i in keep})) / max(1, len(batch.problems))}
+        if exp is None:  # nothing verified: an empty experience, SFT is skipped
+            exp = Experience(torch.zeros((0, 1), dtype=torch.long), torch.zeros((0, 0)), torch.zeros(0))
+        exp.stats.update(stats)
+        return exp
+
+    def advantages(self, run, exp: Experience) -> None:
+        """Nothing to weigh: every kept sample is a target of the SFT."""
+
+    def update(self, run, exp: Experience, step: int):
+        if not run.cfg.ei.online:
+            run.model.load_state_dict(self.base)
+        return sft(run, exp), None
 
 
-def sft(run: RLRun, kept: Rollout) -> dict[str, float]:
+def sft(run, exp: Experience) -> dict[str, float]:
     """Supervised fine-tuning on the kept samples: NLL of the completion tokens (EOS included)."""
     cfg = run.cfg
-    if not kept.completion_ids:
+    if len(exp) == 0:
         return {"sft/loss": 0.0, "sft/steps": 0}
-    pad = run.tokenizer.pad_id if run.tokenizer.pad_id is not None else run.tokenizer.eos_id
-    exp = build_experience(kept, [0.0] * len(kept.completion_ids), pad, run.device)
     bs = cfg.ei.sft_batch_size
     steps = cfg.ei.sft_epochs * math.ceil(len(exp) / bs)
-    opt = torch.optim.AdamW(run.model.parameters(), lr=cfg.ei.sft_lr, betas=tuple(cfg.optim.betas),
-                            weight_decay=cfg.optim.weight_decay)
-    o = cfg.optim
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, o.warmup_frac, o.min_lr_ratio, o.decay_frac))
+    opt, sched = cfg.optim.build(run.model, steps, lr=cfg.ei.sft_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     run.model.train()
     losses = []
-    from echo_nemo.rl.common import sequence_logprobs
-
+    bar = tqdm(total=steps, desc="ei sft", leave=False, disable=not D.is_main())
     for _epoch in range(cfg.ei.sft_epochs):
         order = torch.randperm(len(exp), generator=gen).to(run.device)
         for b in range(0, len(exp), bs):
@@ -102,33 +130,8 @@ def sft(run: RLRun, kept: Rollout) -> dict[str, float]:
                 loss = -masked_mean(lp, mask) * (mask.sum() / total)
                 loss.backward()
                 batch_loss += float(loss.detach())
-            run.clip_and_step(run.model, opt, sched)
+            optimizer_step(run.model.parameters(), opt, cfg.optim.grad_clip, sched)
             losses.append(batch_loss)
+            bar.update(1)
+    bar.close()
     return {"sft/loss": losses[-1], "sft/loss_first": losses[0], "sft/steps": float(len(losses))}
-
-
-def train(run: RLRun) -> None:
-    cfg = run.cfg
-    base = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in run.model.state_dict().items()}
-    run.total = cfg.ei.rounds
-    from echo_nemo.rl.common import checkpoint_steps
-
-    run.ckpt_steps = checkpoint_steps(run.total, cfg.num_checkpoints)
-    run.resume()
-    for rnd in run.steps():
-        with run.timer("generate"):
-            rollout, questions = sample(run, rnd)
-        with run.timer("score"):
-            rewards, formats = run.score(rollout, questions, samples=cfg.ei.samples_per_question)
-        with run.timer("filter"):
-            qids = [q.id for q in questions for _ in range(cfg.ei.samples_per_question)]
-            keep, dupes = filter_and_dedupe(qids, rollout.completions, rewards)
-            kept = _subset(rollout, keep)
-        metrics = run.step_metrics(rollout, rewards, formats, None, None)
-        with run.timer("update"):
-            if not cfg.ei.online:
-                run.model.load_state_dict(base)
-            metrics.update(sft(run, kept))
-        metrics.update({"ei/kept": float(len(keep)), "ei/duplicates": float(dupes),
-                        "ei/questions_solved": float(len({qids[i] for i in keep})) / max(1, len(questions))})
-        run.finish_step(rnd, metrics)

@@ -5,17 +5,20 @@
                -> clipped policy update (actor) and clipped value update (critic)
 
 The critic is its own copy of the starting model whose output layer is replaced by a
-scalar value head (`ValueHead`), trained with its own optimizer and learning rate.
-KL: in the reward as above (PPO's default), or with `kl.in_reward: false` as a
-loss term on the actor. kl.coef = 0 loads no reference model.
+scalar value head (`ValueHead`), trained with its own optimizer and learning rate
+(`optim.critic_lr`, the same schedule). KL: in the reward as above (PPO's default), or
+with `kl.in_reward: false` as a loss term on the actor. kl.coef = 0 loads no reference.
 """
 
 from __future__ import annotations
 
 import torch
 
+from echo_nemo.model.build import causal_forward
 from echo_nemo.rl.advantages import gae, whiten
-from echo_nemo.rl.common import Experience, RLRun, clone_model, length_batches, policy_update
+from echo_nemo.rl.algorithm import Algorithm, AuxModel, clone_model
+from echo_nemo.rl.experience import Experience, length_batches
+from echo_nemo.rl.loop import optimizer_step, policy_update
 from echo_nemo.rl.losses import clipped_value_loss, masked_mean
 
 
@@ -36,91 +39,73 @@ class ValueHead(torch.nn.Module):
         return torch.nn.functional.linear(hidden_states.float(), self.weight.float(), self.bias.float()), None
 
 
-def build_critic(run: RLRun):
+def build_critic(run):
     """A copy of the starting policy with a value head; untied so the head checkpoints as itself."""
     critic = clone_model(run.model, run.model_config)
-    hidden = critic.config.hidden_size
-    critic.output_layer = ValueHead(hidden).to(next(critic.parameters()).device)
+    critic.output_layer = ValueHead(critic.config.hidden_size).to(next(critic.parameters()).device)
     critic.share_embeddings_and_output_weights = False
     return critic
 
 
-def critic_values(run: RLRun, critic, tokens: torch.Tensor) -> torch.Tensor:
+def critic_values(critic, tokens: torch.Tensor) -> torch.Tensor:
     """V at every label position: [n, L-1] (the value of the prefix before token j+1)."""
-    from echo_nemo.model.build import causal_forward
-
     return causal_forward(critic, tokens)[:, :-1, 0].float()
 
 
-def advantages(run: RLRun, exp: Experience) -> None:
-    """Token rewards (terminal reward + per-token KL penalty), GAE, whitening."""
-    cfg = run.cfg
-    values = torch.zeros_like(exp.mask)
-    with torch.no_grad():
-        for rows, w in length_batches(exp.mask, cfg.optim.micro_batch_size):
-            values[rows, : w - 1] = critic_values(run, run.critic, exp.tokens[rows, :w])
-    values = values * exp.mask
-    token_rewards = torch.zeros_like(exp.mask)
-    last = exp.mask.cumsum(-1).argmax(-1)  # index of each sample's last completion token
-    token_rewards[torch.arange(len(exp)), last] = exp.rewards
-    if cfg.kl_in_reward() and exp.ref_logprobs is not None:
-        token_rewards = token_rewards - cfg.kl.coef * (exp.old_logprobs - exp.ref_logprobs) * exp.mask
-    adv, returns = gae(token_rewards, values, exp.mask, cfg.ppo.gamma, cfg.ppo.lam)
-    exp.values, exp.returns = values, returns
-    exp.advantages = whiten(adv, exp.mask) if cfg.ppo.whiten_advantages else adv
+class PPO(Algorithm):
+    kl_in_reward = True
+
+    def clip(self, run) -> float:
+        return run.cfg.ppo.clip
+
+    def setup(self, run) -> None:
+        super().setup(run)
+        critic = build_critic(run)
+        opt, sched = run.cfg.optim.build(critic, run.total, lr=run.cfg.optim.critic_lr)
+        run.aux["critic"] = AuxModel(critic, opt, sched)
+
+    def advantages(self, run, exp: Experience) -> None:
+        """Token rewards (terminal reward + per-token KL penalty), GAE, whitening."""
+        cfg, critic = run.cfg, run.aux["critic"].module
+        values = torch.zeros_like(exp.mask)
+        with torch.no_grad():
+            for rows, w in length_batches(exp.mask, cfg.optim.micro_batch_size):
+                values[rows, : w - 1] = critic_values(critic, exp.tokens[rows, :w])
+        values = values * exp.mask
+        adv, returns = gae(exp.token_rewards(), values, exp.mask, cfg.ppo.gamma, cfg.ppo.lam)
+        exp.values, exp.returns = values, returns
+        exp.advantages = whiten(adv, exp.mask) if cfg.ppo.whiten_advantages else adv
+
+    def update(self, run, exp: Experience, step: int):
+        stats: dict[str, float] = {}
+        entropy = None
+        if step > run.cfg.ppo.critic_warmup_steps:
+            stats, entropy = policy_update(run, exp, self.clip(run))
+        else:  # the actor waits while the critic warms up; its schedule still advances
+            run.sched.step()
+        stats.update(critic_update(run, exp))
+        return stats, entropy
 
 
-def critic_update(run: RLRun, exp: Experience) -> dict[str, float]:
-    cfg = run.cfg
+def critic_update(run, exp: Experience) -> dict[str, float]:
+    """Clipped value loss over `optim.epochs` passes, one optimizer step each."""
+    cfg, aux = run.cfg, run.aux["critic"]
     total = exp.mask.sum().clamp(min=1)
-    run.critic.train()
-    loss_sum = 0.0
+    aux.module.train()
+    loss_sum, norm = 0.0, 0.0
     batches = length_batches(exp.mask, cfg.optim.micro_batch_size)
     for _ in range(cfg.optim.epochs):
         loss_sum = 0.0
         for rows, w in batches:
             mask = exp.mask[rows, : w - 1]
             weight = mask.sum() / total
-            v = critic_values(run, run.critic, exp.tokens[rows, :w])
+            v = critic_values(aux.module, exp.tokens[rows, :w])
             loss = cfg.ppo.vf_coef * clipped_value_loss(v, exp.values[rows, : w - 1], exp.returns[rows, : w - 1],
                                                         mask, cfg.ppo.value_clip)
             (loss * weight).backward()
             loss_sum += float(loss.detach()) * float(weight)
-        norm = run.clip_and_step(run.critic, run.critic_opt)
-    run.critic_sched.step()
+        norm = optimizer_step(aux.module.parameters(), aux.opt, cfg.optim.grad_clip)
+    aux.sched.step()
     return {"loss/value": loss_sum, "critic/grad_norm": norm,
             "critic/value_mean": float(masked_mean(exp.values, exp.mask)),
             "critic/return_mean": float(masked_mean(exp.returns, exp.mask))}
-
-
-def train(run: RLRun) -> None:
-    cfg = run.cfg
-    run.critic = build_critic(run)
-    run.opt, run.sched = run.optimizer(run.model.parameters(), cfg.optim.lr)
-    run.critic_opt, run.critic_sched = run.optimizer(run.critic.parameters(), cfg.optim.critic_lr)
-    run.extra_models["critic"] = (run.critic, run.critic_opt)
-    run.resume()
-    if run.start_step and "critic_sched" in run.algo_state:
-        run.critic_sched.load_state_dict(run.algo_state["critic_sched"])
-    for step in run.steps():
-        problems = run.prompts_for_step(step)
-        with run.timer("generate"):
-            rollout = run.generate(problems, step)
-        with run.timer("score"):
-            rewards, formats = run.score(rollout, problems)
-        with run.timer("logprobs"):
-            exp = run.make_experience(rollout, rewards)
-        with run.timer("advantages"):
-            advantages(run, exp)
-        stats: dict[str, float] = {}
-        entropy = None
-        with run.timer("update"):
-            if step > cfg.ppo.critic_warmup_steps:
-                stats, entropy = policy_update(run, exp, cfg.ppo.clip, kl_in_loss=not cfg.kl_in_reward())
-            else:
-                run.sched.step()
-            stats.update(critic_update(run, exp))
-        run.algo_state["critic_sched"] = run.critic_sched.state_dict()
-        metrics = run.step_metrics(rollout, rewards, formats, exp, entropy)
-        metrics.update(stats)
-        run.finish_step(step, metrics)

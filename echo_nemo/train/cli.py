@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from echo_nemo.cli import add_out_option
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -14,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Writes run_dir/{config.yaml,metrics.jsonl,tensorboard/,checkpoints/step_N/,tokenizer/}.",
     )
     p.add_argument("recipe", help="recipes/pretrain/<name>.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 run_dir=/tmp/r")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 parallel.tp=2")
+    add_out_option(p, "run dir to write (default: the recipe's run_dir)")
     p.set_defaults(func=_run)
 
 
@@ -23,7 +26,8 @@ def _run(args: argparse.Namespace) -> int:
     from echo_nemo.train.config import PretrainConfig
     from echo_nemo.train.loop import pretrain
 
-    cfg = load_recipe(PretrainConfig, args.recipe, args.overrides)
+    overrides = args.overrides + ([f"run_dir={args.out}"] if args.out else [])
+    cfg = load_recipe(PretrainConfig, args.recipe, overrides)
     run_dir = pretrain(cfg)
     from echo_nemo import distributed as D
 

@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from echo_nemo.config import ParallelConfig
 from echo_nemo.errors import UserError
 from echo_nemo.model.build import ModelConfig
+from echo_nemo.optim import OptimConfig
 
 
 @dataclass
 class DataConfig:
     shards: str = "runs/data/echolab_equal"  # a folder written by `echo-nemo data build`
-
-
-@dataclass
-class ParallelConfig:
-    tp: int = 1  # tensor parallel size; the rest of the world is data parallel
-
-
-@dataclass
-class OptimConfig:
-    """AdamW with linear warmup then cosine decay to `min_lr_ratio` x peak (PAPER.md)."""
-
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    warmup_steps: int = 5000
-    grad_clip: float = 1.0  # 0 disables clipping
 
 
 @dataclass
@@ -61,9 +45,11 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=5000))
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    RENAMED: ClassVar[dict[str, str]] = {"optim.beta1": "optim.betas.0", "optim.beta2": "optim.betas.1"}
 
     def validate(self) -> None:
         from echo_nemo.model.scales import get_scale
@@ -81,9 +67,7 @@ class PretrainConfig:
             )
         if t.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"train.precision must be auto, fp32 or bf16, got {t.precision!r}")
-        if self.parallel.tp < 1:
-            raise UserError(f"parallel.tp must be >= 1, got {self.parallel.tp}")
-        if self.optim.warmup_steps < 0 or not 0 <= self.optim.min_lr_ratio <= 1:
-            raise UserError("optim.warmup_steps must be >= 0 and optim.min_lr_ratio in [0, 1]")
+        self.parallel.validate()
+        self.optim.validate()
         if self.checkpoint.keep_last < 0:
             raise UserError(f"checkpoint.keep_last must be >= 0, got {self.checkpoint.keep_last}")

@@ -17,13 +17,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from tqdm import tqdm
 
+from echo_nemo import checkpoint as C
 from echo_nemo import distributed as D
+from echo_nemo import parallel as P
+from echo_nemo.checkpoint import log_spaced_steps
+from echo_nemo.config import save_config
+from echo_nemo.data.loader import ShardLoader, read_manifest
 from echo_nemo.errors import UserError
+from echo_nemo.metrics import MetricsLogger, truncate_metrics
+from echo_nemo.model.build import build_gpt, causal_forward
+from echo_nemo.model.scales import flops_per_token, get_scale, param_counts
+from echo_nemo.tokenizer import load_tokenizer
 from echo_nemo.train.config import PretrainConfig
+from echo_nemo.train.mfu import device_peak_flops, mfu
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -32,55 +43,15 @@ def checkpoint_steps(cfg: PretrainConfig) -> tuple[set[int], set[int]]:
     total, ck = cfg.train.steps, cfg.checkpoint
     keep = {s for s in ck.keep_steps if 0 < s <= total}
     if ck.log_spaced > 0:  # the study's logspace(-2.1, 0, n) x total steps
-        keep |= {max(1, round(f * total)) for f in np.logspace(-2.1, 0, ck.log_spaced)}
+        keep |= set(log_spaced_steps(total, ck.log_spaced))
     save = set(keep) | {total}
     if ck.every > 0:
         save |= set(range(ck.every, total + 1, ck.every))
     return save, keep
 
 
-def allreduce_grads(model: torch.nn.Module, group) -> None:
-    """Average gradients over the data-parallel group (one flat buffer, one all-reduce)."""
-    if dist.get_world_size(group) == 1:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch._utils._flatten_dense_tensors(grads)
-    dist.all_reduce(flat, group=group)
-    flat /= dist.get_world_size(group)
-    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
-
-
-def clip_grad_norm(model: torch.nn.Module, max_norm: float, tp_group) -> float:
-    """Global L2 norm of the gradients across TP shards; scale them to `max_norm` if above.
-
-    norm = sqrt(sum over TP ranks of sum_p |g_p|^2), counting TP-duplicated params once.
-    """
-    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
-
-    grads = [
-        p.grad
-        for p in model.parameters()
-        if p.grad is not None and param_is_not_tensor_parallel_duplicate(p)
-    ]
-    sq = torch.zeros((), dtype=torch.float32, device=D.device())
-    for g in grads:
-        sq += g.detach().float().pow(2).sum()
-    if dist.get_world_size(tp_group) > 1:
-        dist.all_reduce(sq, group=tp_group)
-    norm = sq.sqrt().item()
-    if max_norm > 0 and norm > max_norm:
-        coef = max_norm / (norm + 1e-6)
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(coef)
-    return norm
-
-
 def _copy_tokenizer(manifest: dict[str, Any], shard_dir: str, run_dir: Path):
     """Load the shards' tokenizer and keep a copy in run_dir/tokenizer/ (checkpoints point there)."""
-    from echo_nemo.tokenizer import load_tokenizer
-
     tok_path = manifest.get("tokenizer")
     if tok_path and not Path(tok_path).is_absolute() and (Path(shard_dir) / tok_path).exists():
         tok_path = str(Path(shard_dir) / tok_path)
@@ -99,22 +70,10 @@ def real_targets(tokens: torch.Tensor, labels: torch.Tensor, eos: int) -> torch.
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train `cfg.model` on `cfg.data.shards`; returns the run dir. Resumes automatically."""
-    from tqdm import tqdm
-
-    from echo_nemo import checkpoint as C
-    from echo_nemo.config import save_config
-    from echo_nemo.data.loader import ShardLoader, read_manifest
-    from echo_nemo.metrics import MetricsLogger, truncate_metrics
-    from echo_nemo.model.build import build_gpt, causal_forward
-    from echo_nemo.model.scales import flops_per_token, get_scale, param_counts
-    from echo_nemo.train.mfu import device_peak_flops, mfu
-    from echo_nemo.train.optim import build_optimizer
-
     # --- set-up: process groups, data, model, optimizer
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    D.init_distributed(tp=cfg.parallel.tp, seed=cfg.train.seed)
-    from megatron.core import parallel_state as ps
+    cfg.parallel.build(seed=cfg.train.seed)
 
     run_dir = Path(cfg.run_dir)
     manifest = read_manifest(cfg.data.shards)  # validates the build (UserError if broken)
@@ -148,7 +107,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     tokenizer = _copy_tokenizer(manifest, cfg.data.shards, run_dir)
     D.barrier()
     model = build_gpt(model_cfg, vocab)  # fp32 master weights; bf16 through autocast
-    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
+    optimizer, scheduler = cfg.optim.build(model, cfg.train.steps)
     loader = ShardLoader(cfg.data.shards, micro, dp_rank=dp_rank, dp_size=dp_size, seed=cfg.train.seed)
     save_steps, keep_steps = checkpoint_steps(cfg)
 
@@ -178,7 +137,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     flops_tok = flops_per_token(scale, vocab, seq)
     peak = device_peak_flops()
     world = dist.get_world_size()
-    dp_group, tp_group = ps.get_data_parallel_group(), ps.get_tensor_model_parallel_group()
+    dp_group = ps.get_data_parallel_group()
     if D.is_main():
         print(
             f"[pretrain] {model_cfg.scale}: {param_counts(scale, vocab)['params']:,} params, "
@@ -205,8 +164,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             loss = (per_token.float() * real).mean() / accum
             loss.backward()
             sums += torch.stack([loss.detach(), real.float().mean() / accum])
-        allreduce_grads(model, dp_group)
-        grad_norm = clip_grad_norm(model, cfg.optim.grad_clip, tp_group)
+        grad_norm = P.reduce_and_clip(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -8,15 +8,13 @@ import random
 import pytest
 
 from echo_nemo.eval.metrics import (
-    FORMATS,
-    dominant_format,
-    format_metrics,
-    format_stats,
     maj_at_k,
     majority_answer,
     pass_at_k,
     pass_at_k_exact,
 )
+from echo_nemo.reward.format_stats import dominant_format, format_metrics, format_stats
+from echo_nemo.reward.formats import FORMATS
 
 
 def enumerate_pass_at_k(n: int, c: int, k: int) -> float:

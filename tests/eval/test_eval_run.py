@@ -92,10 +92,13 @@ def test_eval_at_tp2_matches_tp1(checkpoint_run, tmp_path, cli):
     for tp in (1, 2):
         out = tmp_path / f"tp{tp}"
         r = cli("eval", "--checkpoint", checkpoint_run, "--benchmarks", "echolab", "--limit", "2", "--samples", "0",
-                "--out", out, "--tp", str(tp), "max_new_tokens=10")
+                "--out", out, f"parallel.tp={tp}", "max_new_tokens=10", nproc=tp)
         assert r.returncode == 0, r.stderr[-3000:]
         outs[tp] = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
         assert json.loads((out / "config.yaml").read_text().split("tp:")[1].split()[0]) == tp
+    # TP > 1 without a launcher: exit 2 with the torchrun line to use
+    r = cli("eval", "--checkpoint", checkpoint_run, "--benchmarks", "echolab", "--out", tmp_path / "x", "parallel.tp=2")
+    assert r.returncode == 2 and "torchrun --nproc-per-node 2" in r.stderr and "Traceback" not in r.stderr
     assert len(outs[1]) == 2
     assert [s["completion"] for s in outs[2]] == [s["completion"] for s in outs[1]]
 

@@ -8,7 +8,7 @@ from rl_helpers import CharTokenizer, debug_model
 
 from echo_nemo.distributed import init_distributed, run_distributed
 from echo_nemo.model.generate import filter_logits, generate, greedy_no_cache
-from echo_nemo.rl.common import sequence_logprobs
+from echo_nemo.rl.experience import sequence_logprobs
 
 # 256 embedding rows at TP=1 and TP=2 alike (the vocab is padded to 128 * TP), so both
 # sizes draw the same initial weights; logits past the tokenizer's vocab are never sampled.
@@ -158,7 +158,7 @@ def test_sample_categorical_follows_the_distribution():
 
 
 def test_length_batches_cut_padding_without_changing_logprobs(model_and_tok):
-    from echo_nemo.rl.common import build_experience, length_batches
+    from echo_nemo.rl.experience import build_experience, length_batches
 
     model, tok = model_and_tok
     out = generate(model, tok, PROMPTS * 3, max_new_tokens=16, temperature=1.0, seed=9)

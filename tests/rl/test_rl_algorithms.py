@@ -6,8 +6,8 @@ import pytest
 import torch
 from rl_helpers import CharTokenizer, Prompt, starts_with_reward
 
+from echo_nemo.checkpoint import log_spaced_steps as checkpoint_steps
 from echo_nemo.metrics import read_metrics
-from echo_nemo.rl.common import checkpoint_steps, format_stats
 from echo_nemo.rl.config import RLConfig
 from echo_nemo.rl.expert_iteration import filter_and_dedupe
 from echo_nemo.rl.run import open_run, run_rl
@@ -68,6 +68,10 @@ def test_step_metrics_formats_timers_and_checkpoints(tmp_path):
     for row in rows:
         shares = sum(row[f"format/{f}/share"] for f in ("tinygsm", "llm_code", "text", "other"))
         assert shares == pytest.approx(1.0)
+        # the python reward gives no formats: all samples are `other`, and an absent format has
+        # no accuracy (eval's meaning), not a made-up 0
+        assert row["format/other/share"] == 1.0 and row["format/other/acc"] == pytest.approx(row["reward/mean"])
+        assert "format/text/acc" not in row and row["format/text/share"] == 0.0
         for key in ("reward/mean", "kl/mean", "entropy/mean", "response_length/mean",
                     "throughput/tokens_per_s", "time/generate_s", "time/score_s", "time/advantages_s",
                     "time/update_s"):
@@ -121,11 +125,8 @@ def test_expert_iteration_filters_dedupes_and_retrains_from_the_base(tmp_path):
     assert rows[1]["reward/mean"] > rows[0]["reward/mean"]  # the round-1 model samples round 2
 
 
-def test_checkpoint_steps_and_format_stats():
+def test_checkpoint_steps():
     steps = checkpoint_steps(1168)
     assert steps[0] == 10 and steps[-1] == 1168 and len(steps) == 15  # ceil(10^-2.1 * 1168) = 10
     assert checkpoint_steps(3) == [1, 2, 3]
     assert checkpoint_steps(40, 1) == [40] and checkpoint_steps(40, 2) == [1, 40]  # the end is saved
-    stats = format_stats(["text", "text", "tinygsm", "other"], [1.0, 0.0, 1.0, 0.0])
-    assert stats["format/text/share"] == 0.5 and stats["format/text/acc"] == 0.5
-    assert stats["format/llm_code/share"] == 0.0 and stats["format/llm_code/acc"] == 0.0

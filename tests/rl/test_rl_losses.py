@@ -90,7 +90,10 @@ def test_entropy_and_masked_mean():
 
 
 def test_lr_schedule_warmup_stable_decay_by_hand():
-    from echo_nemo.rl.common import lr_lambda
+    from echo_nemo.optim import OptimConfig
+
+    def lr_lambda(total, warmup_frac, min_ratio, decay_frac=1.0):
+        return OptimConfig(warmup_frac=warmup_frac, min_lr_ratio=min_ratio, decay_frac=decay_frac).schedule(total)
 
     cosine = lr_lambda(10, warmup_frac=0.2, min_ratio=0.1)  # warmup 2 steps, cosine over 8
     assert [cosine(0), cosine(1)] == [0.5, 1.0]
