@@ -31,9 +31,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.optimizer import (
+    get_param_id_to_sharded_param_map,
+    optim_state_to_sharding_state,
+)
+from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
+from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from echo_nemo import distributed as D
 from echo_nemo.errors import UserError
-from echo_nemo.model.build import ModelConfig
+from echo_nemo.model.build import ModelConfig, build_gpt
+from echo_nemo.tokenizer import load_tokenizer
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 META = "meta.json"
@@ -115,8 +125,6 @@ def tokenizer_path_from_meta(ckpt: Path, meta: dict[str, Any]) -> str | None:
 # ----------------------------------------------------------------------------- RNG
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step can touch: torch CPU/CUDA, and megatron's tracker."""
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -126,8 +134,6 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -143,8 +149,6 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _layout() -> dict[str, int]:
-    from echo_nemo import distributed as D
-
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     return {"world_size": world, "tp": D.tp_size(), "dp": D.dp_size()}
 
@@ -166,12 +170,6 @@ def _sharded_state(
     extra: dict[str, Any] | None,
     rank_extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    from megatron.core.dist_checkpointing.mapping import ShardedObject
-    from megatron.core.dist_checkpointing.optimizer import (
-        get_param_id_to_sharded_param_map,
-        optim_state_to_sharding_state,
-    )
-
     model_sd = _unwrap(model).sharded_state_dict()
     state: dict[str, Any] = {"model": model_sd, "extra": extra or {}}
     if optimizer is not None:
@@ -222,8 +220,6 @@ def save_checkpoint(
     per rank (RNG, loader position). `model_config.vocab_size` must be the tokenizer's
     vocab. After the rename, keeps the newest `keep_last` checkpoints plus `keep_steps`.
     """
-    from megatron.core import dist_checkpointing
-
     if not model_config.vocab_size:
         raise ValueError("save_checkpoint needs model_config.vocab_size")
     root = checkpoints_dir(run_dir)
@@ -307,8 +303,6 @@ def load_checkpoint(
     Tensors are resharded to the current TP size; per-rank state (`rank_extra`) comes
     back only when the saved layout equals the current one.
     """
-    from megatron.core import dist_checkpointing
-
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     same_layout = meta.get("layout") == _layout()
@@ -337,8 +331,6 @@ def load_checkpoint(
 
 
 def _has_rank_extra(ckpt: Path) -> bool:
-    from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
-
     try:
         return any(k.startswith("rank_extra") for k in load_sharded_metadata(str(ckpt)))
     except Exception:
@@ -357,9 +349,6 @@ def load_model_for_inference(
     otherwise builds at the current TP size, whatever TP the checkpoint was saved with.
     Weights are fp32 on CPU and bf16 on GPU unless `params_dtype` says otherwise.
     """
-    from echo_nemo import distributed as D
-    from echo_nemo.model.build import build_gpt
-
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     cfg = model_config_from_meta(meta)
@@ -373,7 +362,5 @@ def load_model_for_inference(
     load_checkpoint(ckpt, model, None, load_rank_extra=False)
     model.eval()
     tok_path = tokenizer_path_from_meta(ckpt, meta)
-    from echo_nemo.tokenizer import load_tokenizer
-
     tokenizer = load_tokenizer(tok_path)
     return model, tokenizer, cfg
