@@ -1,9 +1,6 @@
-"""RL fine-tuning: rollouts, advantages, losses and the PPO / GRPO / REINFORCE / EI loops.
+"""RL fine-tuning: the step loop (loop.py), the algorithms (ppo, grpo, reinforce,
+expert_iteration: subclasses of algorithm.Algorithm), advantages and losses (pure).
 
-`run_rl(cfg)` runs (or resumes) one RL run in process and returns its run dir.
+`echo_nemo.rl.run.run_rl(cfg)` runs (or resumes) one RL run in process and returns its
+run dir. Nothing is imported here, so reading an RL recipe (rl.config) stays light.
 """
-
-from echo_nemo.rl.config import RLConfig
-from echo_nemo.rl.run import run_rl
-
-__all__ = ["RLConfig", "run_rl"]
