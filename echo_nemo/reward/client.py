@@ -61,13 +61,13 @@ class RewardClient:
     def health(self) -> dict:
         return self._request("GET", "/health")
 
-    def score(self, completions: list[str], ground_truths: list[str]) -> list[Score]:
+    def score(self, completions: list[str], ground_truths: list[object]) -> list[Score]:
         data = self._request(
             "POST", "/score", {"completions": completions, "ground_truths": ground_truths}
         )
-        return [Score(r["reward"], r["format"], r["answer"], r["error"]) for r in data["results"]]
+        return [Score.from_dict(r) for r in data["results"]]
 
-    def get_reward(self, queries: list[str], prompts: list[str], labels: list[str]) -> list[float]:
+    def get_reward(self, queries: list[str], prompts: list[str], labels: list[object]) -> list[float]:
         data = self._request(
             "POST", "/get_reward", {"query": queries, "prompts": prompts, "labels": labels}
         )
@@ -91,7 +91,11 @@ def _free_port() -> int:
 
 @contextmanager
 def local_reward_server(
-    workers: int = 2, timeout_s: float | None = None, start_timeout: float = 120.0
+    workers: int = 2,
+    timeout_s: float | None = None,
+    start_timeout: float = 120.0,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Run ``echo-nemo reward serve`` on a free local port; yield its URL; stop it.
 
@@ -103,7 +107,8 @@ def local_reward_server(
            "--port", str(port), "--workers", str(workers)]  # fmt: skip
     if timeout_s is not None:
         cmd += ["--timeout", str(timeout_s)]
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    cmd += list(extra_args)
+    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
