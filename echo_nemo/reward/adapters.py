@@ -12,7 +12,8 @@ with ``python -m echo_nemo.reward.adapters``.
 - slime: the server's ``POST /reward`` (server.py); nothing in-process.
 
 Scoring runs in this process's sandbox pool (`score()`), or, when ``ECHO_NEMO_REWARD_URL``
-is set, on that reward server. Ground truths may be any form truth.py reads or a number.
+is set, on that reward server. ``ECHO_NEMO_REWARD_TOKENIZER`` names the policy's tokenizer
+folder, whose special-token strings are then removed too. Ground truths may be any form truth.py reads or a number.
 """
 
 from __future__ import annotations
@@ -21,12 +22,26 @@ import os
 from collections.abc import Callable, Sequence
 
 from echo_nemo.reward.formats import FORMATS
-from echo_nemo.reward.query import HOW, split_queries, strip_special_tokens
+from echo_nemo.reward.query import (
+    COMMON_SPECIAL_TOKENS,
+    HOW,
+    special_token_strings,
+    split_queries,
+    strip_special_tokens,
+)
 from echo_nemo.reward.score import Score, score
 
 URL_ENV = "ECHO_NEMO_REWARD_URL"
+# A Hugging Face tokenizer folder whose bos/eos/pad/unk strings are removed too (the common
+# literals such as </s> always are), like `reward serve --tokenizer`.
+TOKENIZER_ENV = "ECHO_NEMO_REWARD_TOKENIZER"
 NOT_FOUND = "response not found: the prompt does not occur in the query (after special tokens)"
 TRL_COLUMNS = ("answer", "ground_truth", "solution", "label")
+
+
+def _special_tokens() -> tuple[str, ...]:
+    path = os.environ.get(TOKENIZER_ENV)
+    return COMMON_SPECIAL_TOKENS + (special_token_strings(path) if path else ())
 
 
 def _score(completions: list[str], truths: Sequence[object]) -> list[Score]:
@@ -67,7 +82,7 @@ def reward_func(queries: list[str], prompts: list[str], labels: list) -> dict:
     with ``[decode(prompt + response, skip_special_tokens=False)], [prompt], [label]`` and
     reads ``rewards``, ``scores`` and ``extra_logs`` from the dict returned.
     """
-    responses, hows = split_queries(list(queries), list(prompts))
+    responses, hows = split_queries(list(queries), list(prompts), _special_tokens())
     payload = reward_payload(score_located(responses, list(labels)), hows)
     try:
         import torch
@@ -94,7 +109,7 @@ def compute_score(
     keyword arguments; ``solution_str`` is the decoded response, ``ground_truth`` the
     dataset's ``reward_model.ground_truth``. `data_source` and `extra_info` are not needed.
     """
-    (result,) = _score([strip_special_tokens(solution_str)], [ground_truth])
+    (result,) = _score([strip_special_tokens(solution_str, _special_tokens())], [ground_truth])
     return result.reward
 
 
@@ -130,7 +145,8 @@ def make_trl_reward(column: str | None = None) -> Callable[..., list[float]]:
                 f"(columns passed: {sorted(k for k in kwargs if k != 'trainer_state')})"
             )
         truths = list(kwargs[names[0]])  # type: ignore[arg-type]
-        texts = [strip_special_tokens(_completion_text(c)) for c in completions]
+        tokens = _special_tokens()
+        texts = [strip_special_tokens(_completion_text(c), tokens) for c in completions]
         return [s.reward for s in _score(texts, truths)]
 
     return echo_nemo_math_reward

@@ -21,6 +21,7 @@ prompt) and, when the prompt was truncated to fit, only the prompt's end. The ru
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 COMMON_SPECIAL_TOKENS: tuple[str, ...] = (
@@ -30,6 +31,27 @@ COMMON_SPECIAL_TOKENS: tuple[str, ...] = (
 HOW: tuple[str, ...] = ("no_prompt", "prefix", "prompt_inside", "whitespace", "prompt_end",
                         "not_found")  # fmt: skip
 TAIL_CHARS = 32
+
+
+@functools.lru_cache(maxsize=8)
+def special_token_strings(tokenizer_path: str) -> tuple[str, ...]:
+    """The bos/eos/pad/unk strings of a Hugging Face tokenizer folder (UserError if unreadable).
+
+    Cached per folder: the adapters call it for every sample.
+    """
+    from echo_nemo.errors import UserError, require_dir
+
+    require_dir(tokenizer_path, "tokenizer folder")
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_path)
+    except Exception as e:
+        raise UserError(
+            f"tokenizer {tokenizer_path!r}: not a Hugging Face tokenizer folder ({e})"
+        ) from e
+    found = (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token)
+    return tuple(t for t in found if isinstance(t, str) and t)
 
 
 def strip_special_tokens(text: str, tokens: Iterable[str] = COMMON_SPECIAL_TOKENS) -> str:

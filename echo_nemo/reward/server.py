@@ -33,7 +33,12 @@ from fastapi.responses import JSONResponse
 
 from echo_nemo.reward.adapters import NOT_FOUND, reward_payload
 from echo_nemo.reward.batcher import MicroBatcher
-from echo_nemo.reward.query import COMMON_SPECIAL_TOKENS, split_queries, strip_special_tokens
+from echo_nemo.reward.query import (
+    COMMON_SPECIAL_TOKENS,
+    special_token_strings,
+    split_queries,
+    strip_special_tokens,
+)
 from echo_nemo.reward.sandbox import Limits, WorkerPool
 from echo_nemo.reward.score import Score
 
@@ -192,23 +197,6 @@ def create_app(
         return JSONResponse(result.reward)
 
     return app
-
-
-def special_token_strings(tokenizer_path: str) -> tuple[str, ...]:
-    """The bos/eos/pad/unk strings of a Hugging Face tokenizer folder (UserError if unreadable)."""
-    from echo_nemo.errors import UserError, require_dir
-
-    require_dir(tokenizer_path, "--tokenizer folder")
-    try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    except Exception as e:
-        raise UserError(
-            f"--tokenizer {tokenizer_path!r}: not a Hugging Face tokenizer folder ({e})"
-        ) from e
-    found = (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token)
-    return tuple(t for t in found if isinstance(t, str) and t)
 
 
 def describe_protections(protections: dict) -> str:
