@@ -233,16 +233,18 @@ def main() -> None:
     pool.close()
 
     levels = [int(x) for x in args.levels.split(",")]
-    single: dict[int, tuple[float, float, float, float]] = {}
+    single: dict[int, tuple] = {}
     with local_reward_server(workers=args.workers, timeout_s=TIMEOUT_S) as url:
         pids = _server_pids(url)
-        c0 = _cpu_s(pids)
+        c0, me0 = _cpu_s(pids), time.process_time()
         server_s, latencies, _ = run_server(url, completions, truths, args.clients, args.group)
-        server_cpu = _cpu_s(pids) - c0
+        server_cpu, batched_client_cpu = _cpu_s(pids) - c0, time.process_time() - me0
         for level in levels:
+            c0, me0 = _cpu_s(pids), time.process_time()
             took, lats, got = run_single(url, completions, truths, level)
+            cpu = (_cpu_s(pids) - c0, time.process_time() - me0)  # server + workers, this client
             agree_single = sum(a == b for a, b in zip(got, direct))
-            single[level] = (len(completions) / took, *_percentiles(lats), agree_single)
+            single[level] = (len(completions) / took, *_percentiles(lats), agree_single, *cpu)
     server_rate = len(completions) / server_s
     p50, p99 = _percentiles(latencies)
 
@@ -261,11 +263,13 @@ def main() -> None:
     )
     n = len(completions)
     print(f"CPU ms per completion: baseline {base_cpu / n * 1000:.1f}, sandbox direct (caller + workers) "
-          f"{direct_cpu / n * 1000:.1f}, server (server + workers) {server_cpu / n * 1000:.1f}")  # fmt: skip
+          f"{direct_cpu / n * 1000:.1f}, server (server + workers) {server_cpu / n * 1000:.1f}, "
+          f"its batched client {batched_client_cpu / n * 1000:.1f}")  # fmt: skip
     print(f"ratio server/baseline: {server_rate / base_rate:.2f}x; rewards agree on {agree}/{len(base)}")  # fmt: skip
-    for level, (rate, s50, s99, agree_single) in single.items():
+    for level, (rate, s50, s99, agree_single, cpu_server, cpu_client) in single.items():
         print(f"single-sample, {level:3d} in flight:      {rate:8.1f} completions/s  p50 {s50 * 1000:.0f} ms, "
-              f"p99 {s99 * 1000:.0f} ms; rewards agree with score() on {agree_single}/{n}")  # fmt: skip
+              f"p99 {s99 * 1000:.0f} ms; rewards agree with score() on {agree_single}/{n}; CPU ms per "
+              f"completion: server + workers {cpu_server / n * 1000:.1f}, client {cpu_client / n * 1000:.1f}")  # fmt: skip
     if single:
         top = max(single)
         print(f"ratio single-sample ({top} in flight) / batched ({args.clients} x {args.group}): "
