@@ -8,15 +8,20 @@ the baseline process survives are used, since the baseline runs them in-process.
 - baseline: the release's approach: the same parsing, then `exec` in this process under
   a `signal.alarm` and math-verify in this process, one completion after another;
 - sandbox, direct: `echo_nemo.reward.score` (worker pool, forked child per execution);
-- sandbox, server: `echo-nemo reward serve` with C concurrent clients, each posting
-  groups of G completions (like GRPO groups); per-request latency p50/p99.
+- sandbox, server, batched: `echo-nemo reward serve` with C concurrent clients, each
+  posting groups of G completions (like GRPO groups) to /score; per-request latency p50/p99;
+- sandbox, server, single-sample: the same server as OpenRLHF's client drives it, one
+  /get_reward request per sample (query = prompt + completion + "</s>", a numeric label),
+  at 64, 256 and 512 requests in flight; completions/s and p50/p99 per level, and the
+  ratio single-sample / batched at 512 (target >= 0.8).
 
-Run: python benchmarks/bench_reward.py [--n 300] [--clients 64] [--group 8] [--workers N]
+Run: python benchmarks/bench_reward.py [--n 510] [--clients 64] [--group 8] [--workers N]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
@@ -29,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 from echo_nemo.reward.client import RewardClient, local_reward_server
@@ -144,6 +150,42 @@ def run_server(url: str, completions: list[str], truths: list[str], clients: int
     return time.perf_counter() - t0, latencies, rewards
 
 
+def run_single(url: str, completions: list[str], truths: list[str], in_flight: int):
+    """One /get_reward request per completion, at most `in_flight` at once (OpenRLHF's shape)."""
+
+    async def go() -> tuple[float, list[float], list[float]]:
+        limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+        work = list(zip(completions, truths))
+        latencies: list[float] = []
+        rewards: list[float] = [0.0] * len(work)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
+
+            async def worker() -> None:
+                while work:
+                    i = len(work) - 1
+                    completion, truth = work.pop()
+                    prompt = f"Problem {i}:\n\n"
+                    label = float(truth) if truth.lstrip("-").isdigit() else truth
+                    payload = {"query": [prompt + completion + "</s>"], "prompts": [prompt],
+                               "labels": [label]}  # fmt: skip
+                    t0 = time.perf_counter()
+                    r = await client.post(url + "/get_reward", json=payload)
+                    latencies.append(time.perf_counter() - t0)
+                    r.raise_for_status()
+                    rewards[i] = r.json()["rewards"][0]
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+            return time.perf_counter() - t0, latencies, rewards
+
+    return asyncio.run(go())
+
+
+def _percentiles(latencies: list[float]) -> tuple[float, float]:
+    lat = sorted(latencies)
+    return statistics.median(lat), lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+
+
 def _cpu_s(pids: list[int]) -> float:
     """CPU seconds used by these processes and their reaped children (forked executions)."""
     total = 0.0
@@ -167,7 +209,8 @@ def _server_pids(url: str) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=300, help="completions in the mix")
+    parser.add_argument("--n", type=int, default=510, help="completions in the mix")
+    parser.add_argument("--levels", default="64,256,512", help="single-sample requests in flight")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--group", type=int, default=8, help="completions per request")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
@@ -189,15 +232,21 @@ def main() -> None:
     direct_s, direct_cpu = time.perf_counter() - t0, _cpu_s(pids) - c0
     pool.close()
 
+    levels = [int(x) for x in args.levels.split(",")]
+    single: dict[int, tuple] = {}
     with local_reward_server(workers=args.workers, timeout_s=TIMEOUT_S) as url:
         pids = _server_pids(url)
-        c0 = _cpu_s(pids)
+        c0, me0 = _cpu_s(pids), time.process_time()
         server_s, latencies, _ = run_server(url, completions, truths, args.clients, args.group)
-        server_cpu = _cpu_s(pids) - c0
+        server_cpu, batched_client_cpu = _cpu_s(pids) - c0, time.process_time() - me0
+        for level in levels:
+            c0, me0 = _cpu_s(pids), time.process_time()
+            took, lats, got = run_single(url, completions, truths, level)
+            cpu = (_cpu_s(pids) - c0, time.process_time() - me0)  # server + workers, this client
+            agree_single = sum(a == b for a, b in zip(got, direct))
+            single[level] = (len(completions) / took, *_percentiles(lats), agree_single, *cpu)
     server_rate = len(completions) / server_s
-    lat = sorted(latencies)
-    p50 = statistics.median(lat)
-    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    p50, p99 = _percentiles(latencies)
 
     agree = sum(a == b for a, b in zip(base, direct))
     print(
@@ -210,12 +259,21 @@ def main() -> None:
         f"sandbox, server, {args.clients} clients x {args.group}: {server_rate:8.1f} completions/s  ({server_s:.1f} s)"
     )
     print(
-        f"server request latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {len(lat)} requests"
+        f"server request latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {len(latencies)} requests"
     )
     n = len(completions)
     print(f"CPU ms per completion: baseline {base_cpu / n * 1000:.1f}, sandbox direct (caller + workers) "
-          f"{direct_cpu / n * 1000:.1f}, server (server + workers) {server_cpu / n * 1000:.1f}")  # fmt: skip
+          f"{direct_cpu / n * 1000:.1f}, server (server + workers) {server_cpu / n * 1000:.1f}, "
+          f"its batched client {batched_client_cpu / n * 1000:.1f}")  # fmt: skip
     print(f"ratio server/baseline: {server_rate / base_rate:.2f}x; rewards agree on {agree}/{len(base)}")  # fmt: skip
+    for level, (rate, s50, s99, agree_single, cpu_server, cpu_client) in single.items():
+        print(f"single-sample, {level:3d} in flight:      {rate:8.1f} completions/s  p50 {s50 * 1000:.0f} ms, "
+              f"p99 {s99 * 1000:.0f} ms; rewards agree with score() on {agree_single}/{n}; CPU ms per "
+              f"completion: server + workers {cpu_server / n * 1000:.1f}, client {cpu_client / n * 1000:.1f}")  # fmt: skip
+    if single:
+        top = max(single)
+        print(f"ratio single-sample ({top} in flight) / batched ({args.clients} x {args.group}): "
+              f"{single[top][0] / server_rate:.2f}x (target >= 0.8x)")  # fmt: skip
 
 
 if __name__ == "__main__":

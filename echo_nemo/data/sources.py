@@ -21,6 +21,8 @@ from pathlib import Path
 
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
 from echo_nemo.errors import UserError
+from echo_nemo.reward.formats import last_boxed  # the project's one \boxed{} reader
+from echo_nemo.reward.truth import gsm8k_final_answer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,30 +43,18 @@ class Problem:
 
 # ----------------------------------------------------------------------------- ground truth parsing
 def parse_gsm8k_answer(answer: str) -> str:
-    """The number after GSM8K's last ``####``, commas and ``$`` removed ("1,234" -> "1234")."""
-    if "####" not in answer:
+    """The number after GSM8K's last ``####``, commas and ``$`` removed ("1,234" -> "1234").
+
+    The reading is the reward's own (echo_nemo.reward.truth.gsm8k_final_answer); a
+    benchmark loader also requires the result to be a number.
+    """
+    value = gsm8k_final_answer(answer)
+    if value is None:
         raise ValueError(f"no '####' in GSM8K answer {answer[-80:]!r}")
-    value = answer.rsplit("####", 1)[1].strip().replace(",", "").replace("$", "").strip()
+    value = value.replace(",", "")
     if not re.fullmatch(r"-?\d+(\.\d+)?", value):
         raise ValueError(f"GSM8K answer after '####' is not a number: {value!r}")
     return value
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched; None if absent."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
-    return None
 
 
 def parse_aime_answer(answer: str | int) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from contextlib import contextmanager
 
 import httpx
 
+from echo_nemo.net import free_port
 from echo_nemo.reward.score import Score
 
 
@@ -61,13 +61,13 @@ class RewardClient:
     def health(self) -> dict:
         return self._request("GET", "/health")
 
-    def score(self, completions: list[str], ground_truths: list[str]) -> list[Score]:
+    def score(self, completions: list[str], ground_truths: list[object]) -> list[Score]:
         data = self._request(
             "POST", "/score", {"completions": completions, "ground_truths": ground_truths}
         )
-        return [Score(r["reward"], r["format"], r["answer"], r["error"]) for r in data["results"]]
+        return [Score.from_dict(r) for r in data["results"]]
 
-    def get_reward(self, queries: list[str], prompts: list[str], labels: list[str]) -> list[float]:
+    def get_reward(self, queries: list[str], prompts: list[str], labels: list[object]) -> list[float]:
         data = self._request(
             "POST", "/get_reward", {"query": queries, "prompts": prompts, "labels": labels}
         )
@@ -83,27 +83,26 @@ class RewardClient:
         self.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def local_reward_server(
-    workers: int = 2, timeout_s: float | None = None, start_timeout: float = 120.0
+    workers: int = 2,
+    timeout_s: float | None = None,
+    start_timeout: float = 120.0,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Run ``echo-nemo reward serve`` on a free local port; yield its URL; stop it.
 
     The server runs in its own session, so stopping it (SIGTERM, then SIGKILL to the
     whole process group) leaves none of its sandbox workers behind.
     """
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "echo_nemo.cli", "reward", "serve", "--host", "127.0.0.1",
            "--port", str(port), "--workers", str(workers)]  # fmt: skip
     if timeout_s is not None:
         cmd += ["--timeout", str(timeout_s)]
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    cmd += list(extra_args)
+    proc = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout

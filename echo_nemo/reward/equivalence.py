@@ -55,10 +55,14 @@ def parse_answer(answer: str, *, from_code: bool) -> list:
     return _parse_latex(text) or _parse_expr(text)
 
 
-def is_equivalent(answer: str, ground_truth: str, *, from_code: bool = False) -> bool:
-    """True when math-verify finds ``answer`` equal to ``ground_truth`` (main thread only)."""
-    gold = parse_ground_truth(ground_truth)
+def verify_answer(answer: str, gold: list, *, from_code: bool = False) -> bool:
+    """True when math-verify finds ``answer`` equal to an already parsed ground truth."""
     pred = parse_answer(answer, from_code=from_code)
     if not gold or not pred:
         return False
     return bool(verify(gold, pred, timeout_seconds=VERIFY_TIMEOUT_S))
+
+
+def is_equivalent(answer: str, ground_truth: str, *, from_code: bool = False) -> bool:
+    """True when math-verify finds ``answer`` equal to ``ground_truth`` (main thread only)."""
+    return verify_answer(answer, parse_ground_truth(ground_truth), from_code=from_code)

@@ -20,8 +20,11 @@ Guarantees (Linux):
   stdin from /dev/null; stdout/stderr captured in memory up to a cap (fds 1/2 go to
   /dev/null); the worker's pipes are closed in the child.
 - Network: the worker enters a new network namespace (loopback down, no routes) when the
-  platform allows (root or user namespaces); socket creation and all ``socket.*``
-  operations are blocked by the audit hook in every case.
+  platform allows (root or user namespaces; often off on HPC nodes); socket creation and
+  all ``socket.*`` operations are blocked by the audit hook in every case. Which
+  protections are in force is reported by each worker (`WorkerPool.info()["protections"]`,
+  the server's startup line and ``/health``); ``reward serve --strict`` refuses to run
+  without the namespace.
 - Files: the audit hook refuses to open, list, create, remove or rename paths outside the
   execution directory, except read-only access to the Python installation (stdlib and
   site-packages) needed for imports; /etc/passwd, the project and home dirs are refused.
@@ -388,10 +391,24 @@ _PRELOAD = ("math", "cmath", "fractions", "decimal", "numbers", "itertools", "fu
 PR_SET_PDEATHSIG = 1
 _LIBC = None  # the worker's libc handle (ctypes), loaded before any model code runs
 CLONE_NEWNET = 0x40000000
+# ECHO_NEMO_SANDBOX_NETNS=0 skips the network namespace (e.g. to test the fallback).
+NETNS_ENV = "ECHO_NEMO_SANDBOX_NETNS"
 
 
-def _harden_worker() -> dict:
-    """Die with the parent; leave the network when allowed. Returns what worked."""
+def _only_loopback() -> bool:
+    """True when this process sees no network interface but loopback."""
+    import socket
+
+    return {name for _, name in socket.if_nameindex()} <= {"lo"}
+
+
+def _harden_worker(try_netns: bool) -> dict:
+    """Die with the parent; leave the network when allowed. Returns the protections in force.
+
+    The network namespace counts only when ``unshare(CLONE_NEWNET)`` succeeded and the
+    worker then sees no interface but loopback (checked, not assumed). rlimits and the
+    audit hook are applied in every forked child; the uid drop needs root.
+    """
     import ctypes
 
     global _LIBC
@@ -399,18 +416,31 @@ def _harden_worker() -> dict:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:  # parent already gone
         os._exit(0)
-    netns = libc.unshare(CLONE_NEWNET) == 0
-    return {"netns": netns, "drops_uid": os.getuid() == 0}
+    if not try_netns:
+        netns, note = False, f"disabled ({NETNS_ENV}=0)"
+    elif libc.unshare(CLONE_NEWNET) != 0:
+        netns = False
+        note = f"unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}"
+    else:
+        netns = _only_loopback()
+        note = "new namespace, loopback only" if netns else "new namespace still shows interfaces"
+    return {
+        "network_namespace": netns,
+        "network_namespace_note": note,
+        "uid_drop": os.getuid() == 0,
+        "rlimits": True,
+        "audit_hook": hasattr(sys, "addaudithook"),
+    }
 
 
-def worker_main(handler: str, limits: Limits) -> None:
+def worker_main(handler: str, limits: Limits, try_netns: bool = True) -> None:
     """Read JSON jobs from stdin, answer JSON lines on the original stdout."""
     import importlib
     import logging
 
     proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
-    info = _harden_worker()
+    info = {"protections": _harden_worker(try_netns)}
     logging.disable(logging.WARNING)
     for name in _PRELOAD:
         try:
@@ -447,7 +477,7 @@ class WorkerDied(RuntimeError):
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    def __init__(self, handler: str, limits: Limits, start_timeout: float) -> None:
+    def __init__(self, handler: str, limits: Limits, start_timeout: float, netns: bool) -> None:
         self.base_dir = tempfile.mkdtemp(prefix="echo-nemo-sandbox-")
         os.chmod(self.base_dir, 0o711)  # the uid-65534 child must reach its run dir
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.base_dir,
@@ -457,10 +487,11 @@ class _Worker:
         entry = (
             "import sys, json; sys.path.insert(0, sys.argv[3]); "
             "from echo_nemo.reward.sandbox import Limits, worker_main; "
-            "worker_main(sys.argv[1], Limits(**json.loads(sys.argv[2])))"
+            "worker_main(sys.argv[1], Limits(**json.loads(sys.argv[2])), sys.argv[4] == '1')"
         )
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        cmd = [sys.executable, "-I", "-c", entry, handler, json.dumps(asdict(limits)), package_root]
+        cmd = [sys.executable, "-I", "-c", entry, handler, json.dumps(asdict(limits)), package_root,
+               "1" if netns else "0"]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.base_dir, env=env,
             start_new_session=True,
@@ -529,8 +560,12 @@ class WorkerPool:
         job_timeout_s: float | None = None,
         max_jobs: int = 5000,
         start_timeout_s: float = 120.0,
+        network_namespace: bool | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        if network_namespace is None:
+            network_namespace = os.environ.get(NETNS_ENV, "1") != "0"
+        self.network_namespace = network_namespace
         self.handler = handler
         # Room for one (possibly starved) execution plus math-verify's own alarms.
         self.job_timeout_s = job_timeout_s or STARVED_GRACE * self.limits.wall_s + 30.0
@@ -553,7 +588,9 @@ class WorkerPool:
             if w is not None:
                 w.kill()
                 self.restarts += 1
-            w = self.workers[slot] = _Worker(self.handler, self.limits, self.start_timeout_s)
+            w = self.workers[slot] = _Worker(
+                self.handler, self.limits, self.start_timeout_s, self.network_namespace
+            )
         return w
 
     def _dispatch(self, slot: int) -> None:
@@ -598,12 +635,13 @@ class WorkerPool:
         return False
 
     def info(self) -> dict:
+        """Workers, live workers, restarts, and the protections a live worker reported."""
         live = [w for w in self.workers if w is not None and w.proc.poll() is None]
         return {
             "workers": len(self.workers),
             "live": len(live),
             "restarts": self.restarts,
-            **(live[0].info if live else {}),
+            "protections": live[0].info.get("protections", {}) if live else {},
         }
 
     def close(self) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from echo_nemo.net import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "slurm" / "local_cluster.sh"
@@ -29,12 +30,6 @@ def _cli(*args) -> subprocess.CompletedProcess:
         timeout=600,
         cwd=REPO,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _daemon_pids(state: Path) -> list[int]:
@@ -58,8 +53,8 @@ def slurm_cluster():
     env = {
         **os.environ,
         "ECHO_SLURM_DIR": str(state),
-        "ECHO_SLURM_CTLD_PORT": str(_free_port()),
-        "ECHO_SLURM_SLURMD_PORT": str(_free_port()),
+        "ECHO_SLURM_CTLD_PORT": str(free_port()),
+        "ECHO_SLURM_SLURMD_PORT": str(free_port()),
     }
     r = subprocess.run(
         ["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600

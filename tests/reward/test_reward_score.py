@@ -74,12 +74,12 @@ def test_each_format_scores_and_reports() -> None:
         "def simple_math_problem():\n    return None\n",
     ]
     results = score(completions, ["18"] * len(completions))
-    assert results[0] == Score(1.0, "tinygsm", "18", None)
-    assert results[1] == Score(0.0, "tinygsm", "17", None)
-    assert results[2] == Score(1.0, "llm_code", "18", None)  # executed value, not the boxed 99
-    assert results[3] == Score(1.0, "llm_code", "18", None)  # print() gives no value: boxed
-    assert results[4] == Score(1.0, "llm_code", "18", None)  # code failed: boxed
-    assert results[5] == Score(1.0, "text", "18", None)
+    assert results[0] == Score(1.0, "tinygsm", "18", None, "18")
+    assert results[1] == Score(0.0, "tinygsm", "17", None, "18")
+    assert results[2] == Score(1.0, "llm_code", "18", None, "18")  # executed value, not the boxed 99
+    assert results[3] == Score(1.0, "llm_code", "18", None, "18")  # print() gives no value: boxed
+    assert results[4] == Score(1.0, "llm_code", "18", None, "18")  # code failed: boxed
+    assert results[5] == Score(1.0, "text", "18", None, "18")
     assert results[6].format == "other" and results[6].reward == 0.0 and results[6].error
     assert results[7].reward == 0.0 and "None" in results[7].error
 

@@ -192,3 +192,44 @@ def test_cli_bad_input_exits_2(cli, tmp_path) -> None:
     assert missing.returncode == 2 and "nope.jsonl" in missing.stderr
     zero = cli("reward", "serve", "--workers", "0")
     assert zero.returncode == 2 and "--workers" in zero.stderr
+
+
+def _gsm8k_rows(shared_data, n: int) -> list[dict]:
+    rows = [json.loads(line) for line in (shared_data / "gsm8k/test.jsonl").open()][:n]
+    for row in rows:
+        row["number"] = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+    return rows
+
+
+def test_score_endpoint_reads_dataset_ground_truths(url, shared_data) -> None:
+    """/score takes GSM8K's whole answer field, '#### N' and JSON numbers; no silent 0."""
+    rows = _gsm8k_rows(shared_data, 12)
+    completions = [f"so \\boxed{{{r['number']}}}" for r in rows] * 3 + ["\\boxed{5}"] * 2
+    truths = [r["answer"] for r in rows] + [f"#### {r['number']}" for r in rows]
+    truths += [int(r["number"]) for r in rows] + ["no answer in this text at all", None]
+    response = httpx.post(url + "/score", json={"completions": completions, "ground_truths": truths}, timeout=120)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["reward"] for r in results] == [1.0] * 36 + [0.0, 0.0]
+    assert [r["truth"] for r in results[:12]] == [r["number"] for r in rows]
+    assert all(r["truth"] is None and r["error"] for r in results[36:])
+
+
+def test_cli_score_reads_gsm8k_answers_and_exits_2_on_unreadable(cli, tmp_path, shared_data, url) -> None:
+    rows = _gsm8k_rows(shared_data, 6)
+    lines = [{"completion": f"\\boxed{{{r['number']}}}", "answer": r["answer"]} for r in rows]
+    path = tmp_path / "gsm8k_scored.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for extra in ((), ("--url", url)):
+        ok = cli("reward", "score", str(path), *extra, timeout=300)
+        assert ok.returncode == 0, ok.stderr[-2000:]
+        assert [json.loads(x)["reward"] for x in ok.stdout.splitlines()] == [1.0] * 6
+    lines.insert(2, {"completion": "\\boxed{3}", "answer": "She bought some apples."})
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for extra in ((), ("--url", url)):
+        bad = cli("reward", "score", str(path), *extra, timeout=300)
+        assert bad.returncode == 2
+        printed = [json.loads(x) for x in bad.stdout.splitlines()]
+        assert [p["reward"] for p in printed] == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]  # every row printed
+        assert printed[2]["truth"] is None and "She bought" in printed[2]["error"]
+        assert "1 of 7 rows" in bad.stderr and "rows 3" in bad.stderr and "'answer'" in bad.stderr
