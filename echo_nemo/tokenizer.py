@@ -189,23 +189,24 @@ def load_tokenizer(path: str | os.PathLike | None = None) -> EchoTokenizer:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike | None = None,
                     min_frequency: int = 2, specials: tuple[str, ...] = (EOS_TOKEN,),
-                    eos_token: str = EOS_TOKEN) -> EchoTokenizer:
+                    eos_token: str = EOS_TOKEN, split_digits: bool = True) -> EchoTokenizer:
     """Byte-level BPE over `texts`; `specials` take the first ids (default: EOS alone, id 0).
 
-    Llama-style specials: ``specials=("<unk>", "<s>", "</s>"), eos_token="</s>"``."""
+    Llama-style specials: ``specials=("<unk>", "<s>", "</s>"), eos_token="</s>"``.
+    `split_digits=False` lets numbers merge (more distinct words: a small corpus then
+    fills a large vocabulary)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 300:
         raise UserError(f"vocab_size must be >= 300 (256 bytes + merges), got {vocab_size}")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(specials),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     if eos_token not in specials:

@@ -7,7 +7,7 @@ Pipeline (memory bounded by the shuffle buffer, never by the corpus):
    factor gives P_i = floor(r_i) * n_i + extra_i picks, the extra ones a seeded subsample
    (`mixtures.subsample_mask`). Whole copies re-read the source; nothing is held.
 2. **Interleave.** The mixture is one stream of documents: the next comes from the source
-   whose share of its own picks is furthest behind, (picks_i + 1) / P_i smallest
+   whose share of its own picks is furthest behind, (picks_i + 1/2) / P_i smallest
    (`mixtures.interleave`), so every stretch of the stream, and every `--max-tokens`
    prefix, holds the sources in their target proportions.
 3. **Tokenize.** Chunks of documents go to `num_workers` processes (EOS appended to each

@@ -11,10 +11,11 @@ counted after repeats (what the model actually sees).
 Streaming (`interleave`): source i contributes P_i = floor(r_i) * n_i + extra_i documents
 ("picks"); the mixture's k-th document comes from the source with the smallest
 
-    (picks_i + 1) / P_i
+    (picks_i + 1/2) / P_i
 
-(ties to the lower index), i.e. each source's picks are spread evenly over the whole
-stream, so every prefix of the mixture holds the sources in their final proportions.
+(ties to the lower index): the k-th pick of source i sits at the middle of its 1/P_i-wide
+slot of the stream, so each source is spread evenly over the whole stream and every
+prefix of n picks holds n * P_i / sum_j P_j of source i, give or take about one.
 """
 
 from __future__ import annotations
@@ -56,16 +57,16 @@ def subsample_mask(n: int, extra: int, seed: int, src: int) -> np.ndarray | None
 
 
 def interleave(totals: list[int], done: list[int]) -> Iterator[int]:
-    """Source index of each next pick: smallest (done_i + 1) / total_i first (see module doc).
+    """Source index of each next pick: smallest (done_i + 1/2) / total_i first (see module doc).
     The caller counts each pick in `done` (lists updated in place, so the order resumes from
     any point) and ends a source early by setting its total to its done count."""
-    heap = [((d + 1) / t, i) for i, (t, d) in enumerate(zip(totals, done)) if d < t]
+    heap = [((d + 0.5) / t, i) for i, (t, d) in enumerate(zip(totals, done)) if d < t]
     heapq.heapify(heap)
     while heap:
         _, i = heapq.heappop(heap)
         yield i
         if done[i] < totals[i]:
-            heapq.heappush(heap, ((done[i] + 1) / totals[i], i))
+            heapq.heappush(heap, ((done[i] + 0.5) / totals[i], i))
 
 
 def source_shares(tokens: list[int]) -> list[float]:
