@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,7 +219,9 @@ def hub_snapshot(hf_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(hf_id, repo_type="dataset", local_files_only=True))
+        # the cache folder is read from the environment now, not when huggingface_hub was imported
+        cache = os.environ.get("HF_HUB_CACHE") or None
+        return Path(snapshot_download(hf_id, repo_type="dataset", local_files_only=True, cache_dir=cache))
     except Exception:  # not cached (or no huggingface_hub): the caller streams from the hub
         return None
 

@@ -255,5 +255,6 @@ def test_every_local_format_reads_the_same_documents_and_resumes_at_a_row(tmp_pa
             spec = SourceSpec(name="fm3", path=str(path))
         assert list(load_documents(spec)) == want, kind
         assert [i.text for i in source_items(spec, start=23)] == want[23:], kind
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no data files"):
-        list(load_documents(SourceSpec(name="fm3", path=str(tmp_path))))
+        list(load_documents(SourceSpec(name="fm3", path=str(tmp_path / "empty"))))

@@ -42,6 +42,8 @@ def test_shards_hold_the_tokenized_mixture(built):
     out, m = built
     recipe, tok = _recipe(), load_tokenizer()
     assert m["seq_length"] == 64 and m["vocab_size"] == tok.vocab_size and m["tokenizer"] == tok.path
+    assert m["tokenizer_dir"] == "tokenizer" and load_tokenizer(out / "tokenizer").encode("12 apples") == \
+        tok.encode("12 apples")
     rows = _all_rows(out, m)
     assert rows.shape == (m["num_sequences"], 65) and len(m["shards"]) > 2
     # tokens per source = the source's documents (+EOS) times its repeat factor
@@ -163,11 +165,11 @@ def test_resume_neither_repeats_nor_skips(built):
 
 
 def test_interrupted_build_never_looks_complete(tmp_path, monkeypatch):
-    import echo_nemo.data.shards as shards
+    import echo_nemo.data.build as shards
 
     real = shards.write_shard
 
-    def flaky(path, rows, first):  # runs in the forked tokenizer/writer processes
+    def flaky(path, rows, first):  # a full disk while writing the third shard
         if path.name == "shard-00002.tar":
             path.with_name(path.name + ".tmp").write_bytes(b"half a tar")  # what a crash leaves
             raise OSError("No space left on device")
