@@ -203,6 +203,10 @@ def _hub_stream(hub: tuple[str, str | None, str], start: int) -> Iterator[tuple[
     import datasets
 
     hf_id, config, split = hub
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        # read now: `datasets` reads it once at import, and would otherwise retry the network
+        raise UserError(f"{hf_id} (config {config}, split {split}) is not in the local hub cache and "
+                        f"HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set. To build offline, {_LOCAL_HINT}")
     try:
         ds = datasets.load_dataset(hf_id, name=config, split=split, streaming=True)
     except Exception as e:  # no network, unknown id: bad input from the user's point of view
