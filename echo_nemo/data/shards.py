@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import os
 import tarfile
 from collections import deque
@@ -48,8 +49,11 @@ def encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     tok = _WORKER_TOK
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
     ids = tok.encode_batch(texts)
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter((t for x in ids for t in (*x, tok.eos_id)), dtype=dtype, count=int(lengths.sum()))
+    for x in ids:
+        x.append(tok.eos_id)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    # chain in C: a Python generator over every token cost ~7% of the build
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
     return flat, lengths
 
 
