@@ -2,8 +2,10 @@
 
 Every source maps rows to one text: a pretraining *document* (question, blank line,
 solution; or a `text` field) or an evaluation *problem* (question, parsed ground truth).
-Rows come from the Hugging Face hub (``datasets.load_dataset(id, config, split=...,
-streaming=True)``) or, with the same field mapping, from a local jsonl/json/parquet file.
+Pretraining rows come from streams.py (the hub, its local cache, or a local jsonl,
+jsonl.gz, parquet or arrow file or folder), one `Item` per raw row so that a bad row is
+counted (or reported by file and line) and a build can resume at a row number.
+Evaluation rows come from the hub or a local jsonl/json/parquet file.
 
 Evaluation sets with no path look first in ``$ECHO_NEMO_DATA`` and then in
 ``../shared/data`` beside the checkout (the layout of that folder), before the hub.
