@@ -294,6 +294,7 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
         for stale in list(out.glob("shard-*.tar")) + list(out.glob("*.tmp")):
             stale.unlink()
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+        shutil.rmtree(out / "tokenizer", ignore_errors=True)
         state = _State(out, fingerprint)
     plans = plan_sources(recipe, log)
     tok_dir = _copy_tokenizer(tok, out)
@@ -361,15 +362,18 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
             bar.update(int(lengths.sum()))
             if not ends and not stopped:
                 continue
+            bar.set_postfix_str(f"shuffle + pack block {b}", refresh=True)
             rows, tail, pad = _block_rows(recipe, b, *map(np.concatenate, zip(*chunks)), tail, tok.eos_id)
             chunks, padding = [], padding + pad
             emit(rows)
+            bar.set_postfix_str(f"{rows_done // per} shards written", refresh=True)
             if stopped:
                 break
             state.checkpoint({"block": b + 1, "readers": snapshot, "tokens": tokens.tolist(),
                               "documents": docs.tolist(), "unique": unique.tolist(),
                               "rows": rows_done, "padding": padding}, pending, tail)
         if chunks:  # the last, partial block
+            bar.set_postfix_str(f"shuffle + pack block {b}", refresh=True)
             rows, tail, pad = _block_rows(recipe, b, *map(np.concatenate, zip(*chunks)), tail, tok.eos_id)
             padding += pad
             emit(rows)
