@@ -330,6 +330,7 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
         if s < len(entries) and path.is_file() and path.stat().st_size == entries[s]["bytes"]:
             pass  # written before the interrupted build stopped; the same rows by construction
         else:
+            bar.set_postfix_str(f"writing shard {s}", refresh=True)
             del entries[s:]
             entries.append(write_shard(path, rows, rows_done))
             state.save()
