@@ -34,9 +34,22 @@ from echo_nemo.data.loader import sha256_file
 _WORKER_TOK = None
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the build process dies, even by SIGKILL (a pool
+    worker would otherwise wait forever on its task queue). Elsewhere: nothing."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _init_worker(tokenizer_path: str) -> None:
     # One tokenizer per process; its own thread pool would oversubscribe the cores.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _die_with_parent()
     global _WORKER_TOK
     from echo_nemo.tokenizer import load_tokenizer
 

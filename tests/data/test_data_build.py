@@ -134,11 +134,26 @@ def _build_cmd(out: Path, *extra: str) -> list[str]:
             "sequences_per_shard=40", "shuffle_buffer=300", "num_workers=2", "--output-dir", str(out), *extra]
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
+
+
 @pytest.mark.slow
 def test_sigkill_mid_build_resumes_to_identical_shards_and_manifest(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
     p = subprocess.Popen(_build_cmd(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = []
     state = killed / ".build" / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline and p.poll() is None:
@@ -147,10 +162,16 @@ def test_sigkill_mid_build_resumes_to_identical_shards_and_manifest(tmp_path):
         except (OSError, ValueError, KeyError, TypeError):
             ck = None
         if ck and ck["block"] >= 3:
+            workers = _children(p.pid)
             break
         time.sleep(0.01)
-    p.send_signal(signal.SIGKILL)
+    p.send_signal(signal.SIGKILL)  # the build process only, as `kill -9 PID` would
     assert p.wait() == -signal.SIGKILL, "the build finished before it could be killed"
+    assert len(workers) == 2
+    deadline = time.time() + 10  # its tokenizer workers die with it, none is left waiting
+    while any(Path(f"/proc/{w}").exists() and "Z" not in _proc_state(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in _proc_state(w)]
     assert not (killed / "manifest.json").exists()
     partial = sorted(killed.glob("shard-*.tar"))
     assert partial, "expected shards from before the kill"
