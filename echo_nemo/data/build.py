@@ -29,8 +29,8 @@ the webdataset way: the build's block shuffle mixes documents across sources and
 a buffer; the loader's shard-level shuffle mixes across the whole corpus.
 
 Resume. After each block, ``.build/state.json`` records every source's reader position
-(pass, raw row, document), the counters, the concat tail and the rows not yet in a
-shard; after each shard, its entry. A build killed at any moment (even SIGKILL) rerun
+(pass, raw row, document), its document count, the counters, the concat tail and the
+rows not yet in a shard; after each shard, its entry. A build killed at any moment (even SIGKILL) rerun
 with the same recipe restarts from the last block boundary, keeps the shards already
 complete and ends with shards and manifest byte-identical to an uninterrupted build.
 """
@@ -119,13 +119,15 @@ def _count(recipe: DataRecipe, spec: SourceSpec, rows: RowSource | None, log) ->
     return n
 
 
-def plan_sources(recipe: DataRecipe, log) -> list[SourcePlan]:  # noqa: ANN001
+def plan_sources(recipe: DataRecipe, log, counts: list[int] | None = None) -> list[SourcePlan]:  # noqa: ANN001
+    """Each source's plan; `counts` (documents per source, from a resumed build's state)
+    skips the counting pass."""
     from echo_nemo.data.sources import source_rows
 
     plans = []
     for i, spec in enumerate(recipe.sources):
         rows = source_rows(spec)
-        n = _count(recipe, spec, rows, log)
+        n = counts[i] if counts else _count(recipe, spec, rows, log)
         if n == 0:
             raise UserError(f"source {spec.name!r} yielded no documents (check its path / limit)")
         full, extra = repeat_counts(n, spec.repeat)
@@ -296,7 +298,8 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
         shutil.rmtree(out / STATE_DIR, ignore_errors=True)
         shutil.rmtree(out / "tokenizer", ignore_errors=True)
         state = _State(out, fingerprint)
-    plans = plan_sources(recipe, log)
+    plans = plan_sources(recipe, log, state.data.get("counts") if resumed else None)
+    state.data["counts"] = [p.n for p in plans]
     tok_dir = _copy_tokenizer(tok, out)
 
     width, per = recipe.seq_length + 1, recipe.sequences_per_shard

@@ -282,3 +282,36 @@ def test_every_local_format_reads_the_same_documents_and_resumes_at_a_row(tmp_pa
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no data files"):
         list(load_documents(SourceSpec(name="fm3", path=str(tmp_path / "empty"))))
+
+
+def test_crash_mid_build_of_a_file_source_resumes_to_the_same_shards(tmp_path, monkeypatch):
+    """A jsonl source with bad rows, read 2.5 times (two passes and a subsample), crashing at
+    its 5th shard: the rerun resumes from the source's recorded row and ends identical."""
+    import echo_nemo.data.build as build
+
+    src = tmp_path / "omi2.jsonl"
+    _omi2_rows(src)
+    over = ["seq_length=16", "sequences_per_shard=20", "num_workers=2", "packing=concat", "shuffle_buffer=25",
+            "tokenizer=null", "sources=[{name: omi2, path: " + str(src) + ", repeat: 2.5}]"]
+    recipe = lambda: load_recipe(DataRecipe, RECIPES / "as_fm3_tg.yaml", over)  # noqa: E731
+    whole = build_shards(recipe(), tmp_path / "whole", **quiet)
+    real = build.write_shard
+
+    def crash(path, rows, first):
+        if path.name == "shard-00005.tar":
+            raise OSError("node lost")
+        return real(path, rows, first)
+
+    monkeypatch.setattr(build, "write_shard", crash)
+    with pytest.raises(OSError, match="node lost"):
+        build_shards(recipe(), tmp_path / "again", **quiet)
+    state = json.loads((tmp_path / "again" / ".build" / "state.json").read_text())
+    assert state["checkpoint"]["readers"][0]["row"] > 0  # stopped inside the file
+    monkeypatch.setattr(build, "write_shard", real)
+    msgs = []
+    m = build_shards(recipe(), tmp_path / "again", log=msgs.append)
+    assert any("resuming" in x for x in msgs)
+    assert m == whole and m["sources"][0]["bad_rows"] == {"bad_json": 1, "missing_field": 1, "not_text": 1}
+    assert m["sources"][0]["documents"] == 150
+    for e in m["shards"]:
+        assert (tmp_path / "again" / e["name"]).read_bytes() == (tmp_path / "whole" / e["name"]).read_bytes()
