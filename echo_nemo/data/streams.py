@@ -248,5 +248,8 @@ def open_rows(name: str, path: str | None, hub: tuple[str, str | None, str] | No
         raise UserError(f"source {name!r} has no hub dataset; {_LOCAL_HINT}")
     snapshot = hub_snapshot(hub[0])
     if snapshot is not None:
-        return RowSource(name, folder_files(snapshot, hub[1], hub[2]))
+        try:
+            return RowSource(name, folder_files(snapshot, hub[1], hub[2]))
+        except UserError:  # a snapshot without data files (e.g. only its README): stream instead
+            pass
     return RowSource(name, None, hub)
