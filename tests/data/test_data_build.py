@@ -130,7 +130,7 @@ def test_max_tokens_builds_a_prefix_with_the_mixture_shares(tmp_path, cli):
 # ----------------------------------------------------------------------------- resume after SIGKILL
 def _build_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "echo_nemo.cli", "data", "build", str(RECIPES / "echo_tg_omi1_omi2.yaml"),
-            "echolab.num_problems=3000", "echolab.num_background=0", "seq_length=64", "packing=concat",
+            "echolab.num_problems=1500", "echolab.num_background=0", "seq_length=64", "packing=concat",
             "sequences_per_shard=40", "shuffle_buffer=300", "num_workers=2", "--output-dir", str(out), *extra]
 
 
@@ -161,7 +161,7 @@ def test_sigkill_mid_build_resumes_to_identical_shards_and_manifest(tmp_path):
             ck = json.loads(state.read_text())["checkpoint"]
         except (OSError, ValueError, KeyError, TypeError):
             ck = None
-        if ck and ck["block"] >= 3:
+        if ck and ck["block"] >= 2:
             workers = _children(p.pid)
             break
         time.sleep(0.01)
