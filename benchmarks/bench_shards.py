@@ -1,117 +1,124 @@
-"""Shard building throughput: `build_shards` vs a single-process per-document baseline.
+"""Streaming shard builds: tokens/s with 2 tokenizer workers vs 1, and peak memory for a
+corpus 1x and 8x the size.
 
-    python benchmarks/bench_shards.py [--problems 6000] [--workers 2] [--seq-length 256]
+    python benchmarks/bench_shards.py                 # 1x = 20,000 problems per format (~7.5M tokens), 8x ~60M
+    python benchmarks/bench_shards.py --smoke         # a small corpus, a few seconds: checks the script runs
 
-Both runs turn the same echo-lab mixture (echo_tg_omi1_omi2) into tar shards of packed
-sequences. The baseline encodes one document at a time in this process and writes one
-tar member per sequence with the standard library; the builder uses a pool of
-tokenizer processes with batch encoding and webdataset's writer. Prints tokens/s of both
-and the ratio (builder / baseline). Document generation and module imports are excluded
-from both timings; the machine's load shows in both, so compare the ratio, not the figures.
+The corpus is echo-lab text written once to jsonl files (outside every timing): the 1x
+corpus is one file (`--problems` problems in each of the three formats plus prose), the
+8x corpus is eight such files generated with different seeds (distinct documents, read
+as one folder source). Each build runs in a fresh process of its own and reports its
+wall time, the tokens it packed and its peak resident memory: the main process (reading,
+shuffle block, packing, writing) and the largest tokenizer worker. Every build uses the
+same recipe: concat packing at seq_length 2048 (the paper's), a shuffle buffer of
+`--shuffle-buffer` documents.
+
+Targets (issue 17): 2 workers >= 1.8x the tokens/s of 1; peak RSS at 8x <= 1.2x that at 1x
+(the in-memory builder this replaced needed ~8.6 bytes per token: 318 MB at 7.5M tokens,
+772 MB at 60M). Compare the ratios, not the figures: the machine's load shows in both.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import os
 import resource
+import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import webdataset  # noqa: E402, F401  (imports torch: a one-time cost kept out of the timing)
-
-from echo_nemo.config import load_recipe  # noqa: E402
-from echo_nemo.data import sources  # noqa: E402
-from echo_nemo.data.config import DataRecipe  # noqa: E402
-from echo_nemo.data.shards import build_shards  # noqa: E402
-from echo_nemo.tokenizer import load_tokenizer  # noqa: E402
-
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "data" / "echo_tg_omi1_omi2.yaml"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 
-def baseline(texts: list[str], seq_length: int, per_shard: int, out: Path) -> int:
-    """Plain loop: encode each document, pack, write tar members one by one."""
-    tok = load_tokenizer()
-    stream: list[int] = []
-    for t in texts:
-        stream.extend(tok.encode(t))
-        stream.append(tok.eos_id)
-    width = seq_length + 1
-    n = len(stream) // width
-    rows = np.asarray(stream[: n * width], dtype=np.uint16).reshape(n, width)
-    out.mkdir(parents=True, exist_ok=True)
-    for s in range(0, n, per_shard):
-        with tarfile.open(out / f"shard-{s // per_shard:05d}.tar", "w") as tar:
-            for i, row in enumerate(rows[s : s + per_shard]):
-                buf = io.BytesIO()
-                np.save(buf, row)
-                info = tarfile.TarInfo(f"{s + i:09d}.tokens.npy")
-                info.size = buf.tell()
-                buf.seek(0)
-                tar.addfile(info, buf)
-    return int(rows.size)
+def write_corpus(path: Path, problems: int, seed: int) -> int:
+    """Echo-lab documents (three formats + prose) as jsonl {"text": ...}; returns the count."""
+    from echo_nemo.data.config import EchoLabConfig
+    from echo_nemo.data.sources import load_documents
+
+    cfg = EchoLabConfig(seed=seed, num_problems=problems, num_background=problems // 4)
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for name in ("echo_tg", "echo_omi1", "echo_omi2", "echo_fm3"):
+            for doc in load_documents(name, cfg):
+                f.write(json.dumps({"text": doc}) + "\n")
+                n += 1
+    return n
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (the builder's pool)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+def child(folder: str, out: str, workers: int, shuffle_buffer: int) -> None:
+    """One build in this fresh process; prints a JSON line with its figures."""
+    import webdataset  # noqa: F401  (imports torch: a one-time cost kept out of the timing)
+
+    from echo_nemo.data.config import DataRecipe, SourceSpec
+    from echo_nemo.data.shards import build_shards
+
+    recipe = DataRecipe(name="bench", sources=[SourceSpec(name="fm3", path=folder)], seq_length=2048,
+                        packing="concat", sequences_per_shard=1000, num_workers=workers,
+                        shuffle_buffer=shuffle_buffer)
+    recipe.validate()
+    t0 = time.perf_counter()
+    m = build_shards(recipe, out, force=True, log=lambda *a: None)
+    seconds = time.perf_counter() - t0
+    rss_main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    rss_worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    tokens = sum(s["tokens"] for s in m["sources"])
+    print(json.dumps({"tokens": tokens, "seconds": seconds, "rss_main_mb": rss_main, "rss_worker_mb": rss_worker}))
+
+
+def run_build(folder: Path, out: Path, workers: int, shuffle_buffer: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(folder), str(out), str(workers), str(shuffle_buffer)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"build failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--problems", type=int, default=6000, help="echo-lab problems per format")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--seq-length", type=int, default=256)
+    ap.add_argument("--problems", type=int, default=20000, help="echo-lab problems per format in the 1x corpus")
+    ap.add_argument("--shuffle-buffer", type=int, default=20000, help="documents per shuffle block")
+    ap.add_argument("--smoke", action="store_true", help="tiny corpus (checks the script, not the figures)")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        folder, out, workers, buffer = args.child
+        child(folder, out, int(workers), int(buffer))
+        return
+    problems, buffer = (600, 500) if args.smoke else (args.problems, args.shuffle_buffer)
 
-    recipe = load_recipe(
-        DataRecipe,
-        RECIPE,
-        [
-            f"echolab.num_problems={args.problems}",
-            f"num_workers={args.workers}",
-            f"seq_length={args.seq_length}",
-            "packing=concat",  # the baseline's packing (best_fit adds ~1 s of Python per 60k documents)
-        ],
-    )
-    # Generate the documents once and serve them from memory to both contestants.
-    texts_by_source = {
-        s.name: list(sources.load_documents(s, recipe.echolab)) for s in recipe.sources
-    }
-    all_texts = [t for s in recipe.sources for t in texts_by_source[s.name]]
-    real_load = sources.load_documents
-    sources.load_documents = lambda spec, cfg=None: iter(texts_by_source[spec.name])
-
-    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        base_tokens = baseline(all_texts, recipe.seq_length, recipe.sequences_per_shard, Path(tmp) / "base")
-        base_s, base_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        root = Path(tmp)
+        one, eight = root / "x1", root / "x8"
+        one.mkdir()
+        eight.mkdir()
+        t0 = time.perf_counter()
+        docs = write_corpus(one / "part-0.jsonl", problems, seed=0)
+        os.link(one / "part-0.jsonl", eight / "part-0.jsonl")
+        for seed in range(1, 8):
+            docs += write_corpus(eight / f"part-{seed}.jsonl", problems, seed=seed)
+        print(f"corpus: {docs:,} documents written in {time.perf_counter() - t0:.0f} s "
+              f"(1x = 1 file, 8x = 8 files); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-        t0, c0 = time.perf_counter(), cpu_seconds()
-        m = build_shards(recipe, Path(tmp) / "built", force=True, log=lambda *a: None)
-        built_s, built_cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    sources.load_documents = real_load
-
-    base_tps, built_tps = base_tokens / base_s, m["num_tokens"] / built_s
-    cpu_ratio = (built_cpu / m["num_tokens"]) / (base_cpu / base_tokens)
-    print(f"documents: {len(all_texts)}, tokens: {m['num_tokens']:,}, workers: {args.workers}, "
-          f"load average before: {load:.1f} on {os.cpu_count()} cores")
-    print(f"baseline (1 process, per-document encode, tarfile): {base_tps:,.0f} tokens/s "
-          f"({base_s:.2f} s wall, {base_cpu:.2f} s CPU)")
-    print(f"build_shards (pool + batch encode, webdataset):     {built_tps:,.0f} tokens/s "
-          f"({built_s:.2f} s wall, {built_cpu:.2f} s CPU)")
-    print(f"ratio: {built_tps / base_tps:.2f}x wall-clock tokens/s "
-          f"(CPU seconds per token, builder / baseline: {cpu_ratio:.2f})")
+        w1 = run_build(one, root / "o1", 1, buffer)
+        w2 = run_build(one, root / "o2", 2, buffer)
+        x8 = run_build(eight, root / "o8", 2, buffer)
+    tps1, tps2 = w1["tokens"] / w1["seconds"], w2["tokens"] / w2["seconds"]
+    print(f"1x corpus, 1 worker : {w1['tokens']:>12,} tokens {w1['seconds']:7.1f} s {tps1:>12,.0f} tokens/s")
+    print(f"1x corpus, 2 workers: {w2['tokens']:>12,} tokens {w2['seconds']:7.1f} s {tps2:>12,.0f} tokens/s "
+          f"peak RSS main {w2['rss_main_mb']:.0f} MiB, worker {w2['rss_worker_mb']:.0f} MiB")
+    print(f"8x corpus, 2 workers: {x8['tokens']:>12,} tokens {x8['seconds']:7.1f} s "
+          f"{x8['tokens'] / x8['seconds']:>12,.0f} tokens/s "
+          f"peak RSS main {x8['rss_main_mb']:.0f} MiB, worker {x8['rss_worker_mb']:.0f} MiB")
+    print(f"ratio: 2 workers / 1 worker tokens/s = {tps2 / tps1:.2f}x (target >= 1.8)")
+    total = lambda r: r["rss_main_mb"] + 2 * r["rss_worker_mb"]  # noqa: E731 - main + both workers
+    print(f"ratio: peak RSS 8x / 1x = main {x8['rss_main_mb'] / w2['rss_main_mb']:.2f}, "
+          f"main + workers {total(x8) / total(w2):.2f} (target <= 1.2; corpus ratio "
+          f"{x8['tokens'] / w2['tokens']:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -198,7 +198,7 @@ def run_quickstart(out: Path, budget: str, seed: int, overrides: list[str] | Non
         d["pretrain"] = Path(pretrained).resolve()
     eval_common = [str(RECIPES_DIR / b.eval_recipe), f"seed={seed}", *b.eval_overrides, *extra["eval"]]
     stages: list[tuple[str, list[str]]] = [
-        ("data", ["data", "build", "--output-dir", str(d["data"]), str(RECIPES_DIR / b.data_recipe),
+        ("data", ["data", "build", "--out", str(d["data"]), str(RECIPES_DIR / b.data_recipe),
                   f"seed={seed}", *b.data_overrides, *extra["data"]]),
         ("pretrain", ["pretrain", str(RECIPES_DIR / b.pretrain_recipe), f"run_dir={d['pretrain']}",
                       f"data.shards={d['data']}", f"train.seed={seed}", *b.pretrain_overrides,

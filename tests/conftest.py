@@ -20,6 +20,33 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def shared_texts(data: Path = SHARED_DATA) -> list[str]:
+    """Every string field of every row of the shared data files, a row's fields joined by
+    blank lines: ~11 MB of math text (GSM8K, MATH-500, AIME, OpenMathInstruct, TinyGSM)."""
+    from echo_nemo.data.streams import RowSource
+
+    texts = []
+    for p in sorted(data.rglob("*")):
+        if p.is_file() and p.suffix in (".jsonl", ".test", ".json"):
+            texts += ["\n\n".join(v for v in row.values() if isinstance(v, str)) for _, row in RowSource(p.name, [p]).rows()]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tokenizer_32k(tmp_path_factory, shared_data) -> Path:
+    """A 32,000-token byte-level BPE trained here on ../shared/data, standing in for the
+    study's Llama-2 tokenizer (same vocabulary size, EOS `</s>` at id 2). Numbers are not
+    split into digits and pairs seen once may merge, so this ~11 MB corpus fills the
+    vocabulary (about 10 s on 2 cores; nothing is committed)."""
+    from echo_nemo.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer_32k")
+    tok = train_tokenizer(shared_texts(shared_data), 32000, out, min_frequency=1,
+                          specials=("<unk>", "<s>", "</s>"), eos_token="</s>", split_digits=False)
+    assert tok.vocab_size == 32000, tok.vocab_size
+    return out
+
+
 def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str | None = None, nproc: int = 1):
     """Run `echo-nemo ARGS` in a fresh interpreter (or `nproc` ranks under torchrun, the
     launch story of every command at TP > 1); returns the CompletedProcess."""

@@ -1,6 +1,7 @@
 """`echo-nemo data build|manifest|verify|preview`.
 
     echo-nemo data build recipes/data/echo_tg_omi1_omi2.yaml seq_length=256
+    echo-nemo data build recipes/data/as_fm3_tg.yaml --max-tokens 2000000   # a prefix, for smoke runs
     echo-nemo data manifest runs/data/echo_tg_omi1_omi2      # per-source table, shards checked
     echo-nemo data verify runs/data/echo_tg_omi1_omi2        # sha256 of every shard
     echo-nemo data preview echo_omi1 -n 2                    # print documents of a source
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from echo_nemo.cli import add_out_option
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="build and inspect pretraining shards")
@@ -18,8 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = dsub.add_parser("build", help="tokenize a mixture recipe into webdataset shards")
     b.add_argument("recipe", help="recipes/data/<mixture>.yaml")
     b.add_argument("overrides", nargs="*", help="dotted key=value overrides (seq_length=128)")
-    b.add_argument("--output-dir", default=None, help="shard folder (default: the recipe's output_dir)")
-    b.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date")
+    add_out_option(b, "shard folder (default: the recipe's output_dir)", old="--output-dir")
+    b.add_argument("--force", action="store_true", help="rebuild even if the folder is up to date (and do not resume)")
+    b.add_argument("--max-tokens", type=int, default=None,
+                   help="build only a prefix of the mixture, about N tokens (smoke runs on real data)")
     b.set_defaults(func=_build)
     m = dsub.add_parser("manifest", help="print a shard folder's per-source table")
     m.add_argument("shard_dir")
@@ -47,8 +52,9 @@ def _build(args: argparse.Namespace) -> int:
     from echo_nemo.data.config import DataRecipe
     from echo_nemo.data.shards import build_shards
 
-    recipe = load_recipe(DataRecipe, args.recipe, args.overrides)
-    manifest = build_shards(recipe, args.output_dir, force=args.force)
+    overrides = list(args.overrides) + ([f"max_tokens={args.max_tokens}"] if args.max_tokens is not None else [])
+    recipe = load_recipe(DataRecipe, args.recipe, overrides)
+    manifest = build_shards(recipe, args.out, force=args.force)
     print_manifest(manifest)
     return 0
 
@@ -59,11 +65,12 @@ def print_manifest(m: dict) -> None:
 
     t = Table(title=f"{m.get('name', '?')}: {m['num_sequences']:,} sequences x {m['seq_length'] + 1} tokens, "
                     f"{len(m['shards'])} shards, vocab {m['vocab_size']}")
-    for col in ("source", "repeat", "unique docs", "documents", "tokens", "share"):
+    for col in ("source", "repeat", "unique docs", "documents", "tokens", "share", "bad rows"):
         t.add_column(col, justify="left" if col == "source" else "right")
     for s in m.get("sources", []):
+        bad = ", ".join(f"{k} {v}" for k, v in s.get("bad_rows", {}).items() if v) or "0"
         t.add_row(s["name"], f"{s['repeat']:g}", f"{s['unique_documents']:,}", f"{s['documents']:,}",
-                  f"{s['tokens']:,}", f"{100 * s['share']:.1f}%")
+                  f"{s['tokens']:,}", f"{100 * s['share']:.1f}%", bad)
     Console().print(t)
     packing = m.get("packing", "concat")
     waste = (f"padding: {m.get('padding_tokens', 0)} tokens" if packing == "best_fit"

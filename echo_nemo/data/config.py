@@ -53,14 +53,20 @@ class SourceSpec:
 
     name: str = "???"
     repeat: float = 1.0
-    path: str | None = None  # local jsonl/json/parquet file (or folder) instead of the hub
+    # local copy instead of the hub: a jsonl, jsonl.gz, json, parquet or arrow file, a
+    # `save_to_disk` folder, or a folder of such files (e.g. a downloaded hub snapshot)
+    path: str | None = None
     limit: int | None = None  # read at most this many documents (before repeats)
+    # Documents the source holds, if known: skips the counting pass the build otherwise
+    # makes over a file/hub source (its schedule and subsample need the count).
+    documents: int | None = None
     question_field: str | None = None  # override the registry's field names
     solution_field: str | None = None
     text_field: str | None = None
 
 
 PACKINGS = ("concat", "best_fit")
+BAD_ROW_POLICIES = ("skip", "error")
 
 
 @dataclass
@@ -70,13 +76,20 @@ class DataRecipe:
     name: str = "???"
     sources: list[SourceSpec] = field(default_factory=list)
     echolab: EchoLabConfig = field(default_factory=EchoLabConfig)
-    tokenizer: str | None = None  # None = the committed default in tokenizer/
+    # None = the committed default in tokenizer/; else a local folder (tokenizer.json, or a
+    # transformers tokenizer) or a hub id such as meta-llama/Llama-2-7b-hf
+    tokenizer: str | None = None
     seq_length: int = 256  # tokens per training sample; shards store seq_length + 1
     packing: str = "concat"  # concat (cut a token stream) | best_fit (whole documents + padding)
     output_dir: str = "runs/data/${name}"
     sequences_per_shard: int = 2000
     num_workers: int = 2  # tokenizer processes
     seed: int = 0  # document shuffle and subsampling
+    # Documents shuffled (and, with best_fit, packed) together: the build's memory bound.
+    # A mixture no larger than this is shuffled exactly as one in-memory permutation.
+    shuffle_buffer: int = 100_000
+    on_bad_row: str = "skip"  # skip (count per source in the manifest) | error (exit 2 naming file:line)
+    max_tokens: int | None = None  # build only a prefix of the mixture of about this many tokens
     # Per-source repeat factors that replace sources[*].repeat: the command-line knob for
     # format shares, e.g. `echo-nemo data build recipe.yaml repeats.echo_omi1=4`.
     repeats: dict[str, float] = field(default_factory=dict)
@@ -107,6 +120,14 @@ class DataRecipe:
                             f"{', '.join(PACKINGS)}")
         if self.seq_length < 8:
             raise UserError(f"data recipe {self.name!r}: seq_length must be >= 8, got {self.seq_length}")
+        if self.on_bad_row not in BAD_ROW_POLICIES:
+            raise UserError(f"data recipe {self.name!r}: on_bad_row={self.on_bad_row!r}; expected one of "
+                            f"{', '.join(BAD_ROW_POLICIES)}")
+        if self.shuffle_buffer < 1 or (self.max_tokens is not None and self.max_tokens < 1):
+            raise UserError(f"data recipe {self.name!r}: shuffle_buffer and max_tokens must be >= 1")
+        for i, s in enumerate(self.sources):
+            if (s.limit is not None and s.limit < 1) or (s.documents is not None and s.documents < 1):
+                raise UserError(f"data recipe {self.name!r}: sources[{i}].limit / documents must be >= 1")
         if self.sequences_per_shard < 1 or self.num_workers < 1:
             raise UserError(f"data recipe {self.name!r}: sequences_per_shard and num_workers must be >= 1")
         self.echolab.validate(f"data recipe {self.name!r}: echolab")

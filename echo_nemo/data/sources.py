@@ -2,8 +2,10 @@
 
 Every source maps rows to one text: a pretraining *document* (question, blank line,
 solution; or a `text` field) or an evaluation *problem* (question, parsed ground truth).
-Rows come from the Hugging Face hub (``datasets.load_dataset(id, config, split=...,
-streaming=True)``) or, with the same field mapping, from a local jsonl/json/parquet file.
+Pretraining rows come from streams.py (the hub, its local cache, or a local jsonl,
+jsonl.gz, parquet or arrow file or folder), one `Item` per raw row so that a bad row is
+counted (or reported by file and line) and a build can resume at a row number.
+Evaluation rows come from the hub or a local jsonl/json/parquet file.
 
 Evaluation sets with no path look first in ``$ECHO_NEMO_DATA`` and then in
 ``../shared/data`` beside the checkout (the layout of that folder), before the hub.
@@ -11,6 +13,7 @@ Evaluation sets with no path look first in ``$ECHO_NEMO_DATA`` and then in
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
+from echo_nemo.data.streams import Item, RowSource, open_rows
 from echo_nemo.errors import UserError
 from echo_nemo.reward.formats import last_boxed  # the project's one \boxed{} reader
 from echo_nemo.reward.truth import gsm8k_final_answer
@@ -219,34 +223,68 @@ def _field(row: dict, name: str, where: str) -> str:
 
 
 # ----------------------------------------------------------------------------- documents
-def load_documents(
-    spec: SourceSpec | str, echolab: EchoLabConfig | None = None
-) -> Iterator[str]:
-    """Documents of one mixture source, in source order (at most `spec.limit`)."""
-    spec = SourceSpec(name=spec) if isinstance(spec, str) else spec
+def source_rows(spec: SourceSpec) -> RowSource | None:
+    """Where the rows of a file/hub source come from (None for echo-lab: generated)."""
+    info = DOCUMENT_SOURCES[spec.name]
+    if info is None:
+        return None
+    return open_rows(spec.name, spec.path, (info.hf_id, info.config, info.split), info.local)
+
+
+def source_items(spec: SourceSpec, echolab: EchoLabConfig | None = None, start: int = 0,
+                 rows: RowSource | None = None) -> Iterator[Item]:
+    """One `Item` per raw row of a source from raw row `start` (documents, filtered rows and
+    bad rows alike, so that row numbers are positions to resume from). `spec.limit` is
+    applied by the caller (it counts documents, not rows)."""
     if spec.name not in DOCUMENT_SOURCES:
         raise UserError(f"unknown source {spec.name!r} (expected one of {', '.join(DOCUMENT_SOURCES)})")
     info = DOCUMENT_SOURCES[spec.name]
-    docs = _echolab_documents(spec.name, echolab or EchoLabConfig()) if info is None else _row_documents(spec, info)
-    for i, doc in enumerate(docs):
-        if spec.limit is not None and i >= spec.limit:
-            return
-        yield doc
-
-
-def _row_documents(spec: SourceSpec, info: SourceInfo) -> Iterator[str]:
-    local = _resolve_local(info, spec.path) if spec.path else None
-    rows: Iterable[dict] = read_rows(local) if local else _hub_rows(info)
-    where = f"source {spec.name!r} ({local or info.hf_id})"
+    if info is None:
+        docs = _echolab_documents(spec.name, echolab or EchoLabConfig())
+        yield from (Item(d) for d in itertools.islice(docs, start, None))
+        return
+    rows = rows or source_rows(spec)
     text_f = spec.text_field or info.text
     q_f, s_f = spec.question_field or info.question, spec.solution_field or info.solution
-    for row in rows:
-        if info.keep is not None and not info.keep(row):
+    fields = [text_f] if text_f and not (spec.question_field or spec.solution_field) else [q_f, s_f]
+    for where, row in rows.rows(start):
+        yield _row_item(row, where, fields, info.keep)
+
+
+def _row_item(row: object, where: str, fields: list[str], keep: Callable[[dict], bool] | None) -> Item:
+    """A row as a document: its text field, or question + blank line + solution."""
+    if isinstance(row, Exception):
+        return Item(None, "bad_json", where, f"not a JSON line ({row})")
+    if not isinstance(row, dict):
+        return Item(None, "bad_json", where, f"a row must be a JSON object, got {type(row).__name__}")
+    values = []
+    for name in fields:
+        if name not in row:
+            return Item(None, "missing_field", where, f"row has no field {name!r} (fields: {', '.join(map(str, row))})")
+        if not isinstance(row[name], str):
+            return Item(None, "not_text", where, f"field {name!r} is {type(row[name]).__name__}, not a string")
+        values.append(row[name])
+    if keep is not None and not keep(row):
+        return Item(None)
+    return Item(values[0] if len(values) == 1 else f"{values[0].strip()}\n\n{values[1].strip()}")
+
+
+def load_documents(
+    spec: SourceSpec | str, echolab: EchoLabConfig | None = None
+) -> Iterator[str]:
+    """Documents of one mixture source, in source order (at most `spec.limit`); a bad row
+    raises UserError naming its file and line."""
+    spec = SourceSpec(name=spec) if isinstance(spec, str) else spec
+    n = 0
+    for item in source_items(spec, echolab):
+        if item.bad:
+            raise UserError(f"source {spec.name!r}: {item.where}: {item.message}")
+        if item.text is None:
             continue
-        if text_f and not (spec.question_field or spec.solution_field):
-            yield _field(row, text_f, where)
-        else:
-            yield f"{_field(row, q_f, where).strip()}\n\n{_field(row, s_f, where).strip()}"
+        if spec.limit is not None and n >= spec.limit:
+            return
+        n += 1
+        yield item.text
 
 
 def _echolab_documents(name: str, cfg: EchoLabConfig) -> Iterator[str]:

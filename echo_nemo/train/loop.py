@@ -52,10 +52,14 @@ def checkpoint_steps(cfg: PretrainConfig) -> tuple[set[int], set[int]]:
 
 def _copy_tokenizer(manifest: dict[str, Any], shard_dir: str, run_dir: Path):
     """Load the shards' tokenizer and keep a copy in run_dir/tokenizer/ (checkpoints point there)."""
-    tok_path = manifest.get("tokenizer")
+    tok_path = manifest.get("tokenizer_dir") or manifest.get("tokenizer")  # the shard folder's own copy first
     if tok_path and not Path(tok_path).is_absolute() and (Path(shard_dir) / tok_path).exists():
         tok_path = str(Path(shard_dir) / tok_path)
     tokenizer = load_tokenizer(tok_path)
+    if tokenizer.vocab_size != int(manifest["vocab_size"]):
+        raise UserError(f"the tokenizer of {shard_dir!r} ({tok_path}) has a vocabulary of {tokenizer.vocab_size}, "
+                        f"but its manifest says the shards were built with {manifest['vocab_size']}: rebuild the "
+                        "shards with `echo-nemo data build`")
     if D.is_main():
         tokenizer.save(str(run_dir / "tokenizer"))
     return tokenizer

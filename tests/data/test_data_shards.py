@@ -42,6 +42,8 @@ def test_shards_hold_the_tokenized_mixture(built):
     out, m = built
     recipe, tok = _recipe(), load_tokenizer()
     assert m["seq_length"] == 64 and m["vocab_size"] == tok.vocab_size and m["tokenizer"] == tok.path
+    assert m["tokenizer_dir"] == "tokenizer" and load_tokenizer(out / "tokenizer").encode("12 apples") == \
+        tok.encode("12 apples")
     rows = _all_rows(out, m)
     assert rows.shape == (m["num_sequences"], 65) and len(m["shards"]) > 2
     # tokens per source = the source's documents (+EOS) times its repeat factor
@@ -163,11 +165,11 @@ def test_resume_neither_repeats_nor_skips(built):
 
 
 def test_interrupted_build_never_looks_complete(tmp_path, monkeypatch):
-    import echo_nemo.data.shards as shards
+    import echo_nemo.data.build as shards
 
     real = shards.write_shard
 
-    def flaky(path, rows, first):  # runs in the forked tokenizer/writer processes
+    def flaky(path, rows, first):  # a full disk while writing the third shard
         if path.name == "shard-00002.tar":
             path.with_name(path.name + ".tmp").write_bytes(b"half a tar")  # what a crash leaves
             raise OSError("No space left on device")
@@ -233,8 +235,9 @@ def test_damaged_folders_exit_2_naming_the_shard(built, tmp_path, cli):
 
 def test_cli_build_and_manifest_table(tmp_path, cli):
     out = tmp_path / "cli"
-    r = cli("data", "build", str(RECIPE), *SMALL, "--output-dir", str(out))
+    r = cli("data", "build", str(RECIPE), *SMALL, "--output-dir", str(out))  # the old spelling, for one release
     assert r.returncode == 0, r.stderr
+    assert "--output-dir is deprecated, use --out" in r.stderr and (out / "manifest.json").is_file()
     assert "echo_tg" in r.stdout and "share" in r.stdout
     r = cli("data", "manifest", str(out), "--no-verify")
     assert r.returncode == 0 and "echo_omi1" in r.stdout and "0.5" in r.stdout

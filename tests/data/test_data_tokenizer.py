@@ -73,3 +73,89 @@ def test_cli_train_and_missing_tokenizer(cli, tmp_path):
     assert load_tokenizer(tmp_path / "t").vocab_size == 300
     r = cli("tokenizer", "encode", "hi", "--tokenizer", str(tmp_path / "missing"))
     assert r.returncode == 2 and "tokenizer not found" in r.stderr and "missing" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the study's tokenizer
+def test_32k_test_tokenizer_round_trips_the_shared_data(tokenizer_32k, shared_data):
+    from conftest import shared_texts
+
+    tok = load_tokenizer(tokenizer_32k)
+    assert (tok.vocab_size, tok.eos_id, tok.token_to_id("<s>")) == (32000, 2, 1)
+    texts = shared_texts(shared_data)[::97] + TRICKY
+    for text in texts:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text and tok.eos_id not in ids
+        assert max(ids) < 32000
+    # a large vocabulary is compact on its own corpus: ~4+ characters per token
+    sample = texts[:40]
+    assert sum(map(len, sample)) / sum(len(tok.encode(t)) for t in sample) > 3.5
+
+
+def _fake_hub_cache(cache, repo_id: str, folder) -> None:
+    """A huggingface_hub cache holding `folder`'s files as `repo_id` (a model repo)."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    for f in folder.iterdir():
+        shutil.copyfile(f, snap / f.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+
+
+def test_tokenizer_by_hub_id_from_the_cache_or_exit_2_naming_the_local_alternative(tokenizer_32k, tmp_path, cli):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    r = cli("tokenizer", "encode", "hello 12", "--tokenizer", "meta-llama/Llama-2-7b-hf", env=env)
+    assert r.returncode == 2 and "meta-llama/Llama-2-7b-hf" in r.stderr and "local folder" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    # the same id resolves offline once the hub cache holds it (what `huggingface-cli download` leaves)
+    _fake_hub_cache(tmp_path / "hf" / "hub", "meta-llama/Llama-2-7b-hf", tokenizer_32k)
+    r = cli("tokenizer", "encode", "hello 12", "--tokenizer", "meta-llama/Llama-2-7b-hf", env=env)
+    assert r.returncode == 0, r.stderr
+    assert str(load_tokenizer(tokenizer_32k).encode("hello 12")) in r.stdout
+
+
+def test_transformers_folder_without_tokenizer_json_is_converted(tmp_path, monkeypatch):
+    """A slow-tokenizer folder (GPT-2 style vocab.json + merges.txt): transformers converts it."""
+    from transformers import GPT2Tokenizer
+
+    src = load_tokenizer()
+    vocab = src._tok.get_vocab()
+    model = json.loads(src._tok.to_str())["model"]
+    folder = tmp_path / "slow"
+    folder.mkdir()
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    GPT2Tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), eos_token="<|endoftext|>").save_pretrained(folder)
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+    monkeypatch.setenv("ECHO_NEMO_CACHE", str(tmp_path / "cache"))
+    tok = load_tokenizer(folder)
+    assert tok.vocab_size == src.vocab_size and tok.eos_id == src.eos_id
+    text = "Tom has 3 apples and buys 12 more."
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_shards_record_the_tokenizer_and_pretrain_refuses_a_vocab_mismatch(tokenizer_32k, tmp_path, cli):
+    import shutil
+
+    from echo_nemo.config import load_recipe
+    from echo_nemo.data.config import DataRecipe
+    from echo_nemo.data.shards import build_shards
+
+    recipe = load_recipe(DataRecipe, "recipes/data/echo_tg_omi1_omi2.yaml",
+                         ["echolab.num_problems=60", "echolab.num_background=0", "seq_length=64",
+                          f"tokenizer={tokenizer_32k}", "num_workers=1"])
+    out = tmp_path / "shards"
+    m = build_shards(recipe, out, log=lambda *a: None)
+    assert (m["vocab_size"], m["eos_id"], m["dtype"]) == (32000, 2, "uint16")
+    assert m["tokenizer"] == str(tokenizer_32k.resolve()) and (out / "tokenizer" / "tokenizer.json").is_file()
+    base = ["pretrain", "recipes/pretrain/debug.yaml", f"data.shards={out}", "train.steps=1"]
+    r = cli(*base, "model.vocab_size=1024", f"run_dir={tmp_path / 'r1'}", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and "model.vocab_size=1024" in r.stderr and "32000" in r.stderr, r.stderr[-2000:]
+    # shards whose tokenizer was swapped for another one (1024 tokens): refused, nothing trained
+    shutil.copyfile(load_tokenizer().path + "/tokenizer.json", out / "tokenizer" / "tokenizer.json")
+    r = cli(*base, f"run_dir={tmp_path / 'r2'}", env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 2 and "1024" in r.stderr and "32000" in r.stderr and "data build" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "r2" / "checkpoints").exists() or not any((tmp_path / "r2" / "checkpoints").iterdir())

@@ -18,7 +18,7 @@ def build_echolab_shards(out: Path) -> Path:
             sys.executable, "-m", "echo_nemo.cli", "data", "build",
             "recipes/data/echo_tg_omi1_omi2.yaml",
             "echolab.num_problems=200", "echolab.num_background=20", "seq_length=128",
-            "sequences_per_shard=100", "num_workers=1", "--output-dir", str(out),
+            "sequences_per_shard=100", "num_workers=1", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
