@@ -1,22 +1,23 @@
 """Batched sampling on the megatron-core GPTModel with a KV cache.
 
-The cache is megatron's own `StaticInferenceContext`: `model.forward(...,
-inference_context=ctx)` writes each layer's keys/values into preallocated
-[max_seq, batch, heads, dim] buffers and attends over the filled prefix, so a decode
-step costs one token per sequence. It runs on CPU with the patches in
-echo_nemo.distributed (nothing else is needed) and on GPU unchanged.
+Two decoders behind one prefill / step / keep interface, both over the model's own
+parameters: `LeanDecoder` (echo_nemo.model.decode, the default: plain torch ops, a
+preallocated cache, prompts packed without padding for prefill) and
+`MegatronStaticDecoder` (megatron's `StaticInferenceContext`, the previous sampler, kept
+as the reference and as the fallback for architectures the lean path does not cover).
+They give the same tokens for the same seed up to float rounding (tested).
 
-Prompts of different lengths are LEFT-padded so every sequence's next token sits in
-the same cache column. Pad keys are excluded through a boolean attention mask
-(True = masked), and because RoPE depends only on the distance between query and key,
-the shift that left padding introduces does not change any logit: a padded prompt
-scores exactly like the same prompt alone (tested).
+Prompts of different lengths end at the same cache column (left-padding layout), so every
+sequence's next token sits in one column; pad columns are masked. RoPE depends only on
+the distance between query and key, so a padded prompt scores like the same prompt alone
+(tested). Sampling draws one uniform number per cache row and step (`sample_categorical`),
+and rows are dropped from the batch and the cache once at least 1/8 of them have finished:
+both decoders consume the generator identically.
 
-Tensor parallelism: the model's logits are vocab-parallel; `runtime_gather_output`
-gathers them, every TP rank samples with the same seeded generator, and TP rank 0's
-tokens are broadcast so all ranks keep identical sequences even if a float differs.
+Tensor parallelism: logits are gathered over the vocab-parallel shards, every TP rank
+samples with the same seeded generator, and TP rank 0's tokens are broadcast so all ranks
+keep identical sequences even if a float differs.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
