@@ -5,8 +5,9 @@ OlmoForCausalLM of the same shape, batch and optimizer, measured in the same run
 
 A training step = forward + backward + gradient clipping + AdamW step, fp32, on random
 token batches (vocab 1024, the echo-lab tokenizer's). Ours uses the loop's pieces
-(build_gpt with the SDPA core attention, causal_forward with the padded-vocab mask,
-clip_gradients, OptimConfig.build). The two models alternate in rounds so machine load
+(build_gpt, causal_forward -- by default the lean forward over megatron's parameters with
+torch's fused cross entropy; `--engine megatron` for megatron's own forward and loss --
+with the padded-vocab mask, clip_gradients, OptimConfig.build). The two models alternate in rounds so machine load
 hits both alike; the median step time of each is reported, with the ratio
 (target >= 1.0) and our MFU against the CPU fp32 matmul peak (best window measured
 between rounds).
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per model per round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--engine", default="lean", choices=["lean", "megatron"],
+                    help="causal_forward's engine: the lean forward (default) or megatron's own")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,7 +68,7 @@ def main() -> None:
     tokens, labels = batch[:, :-1], batch[:, 1:]
 
     def ours_step() -> float:
-        loss = causal_forward(ours, tokens, labels, vocab_size=args.vocab).mean()
+        loss = causal_forward(ours, tokens, labels, vocab_size=args.vocab, engine=args.engine).mean()
         loss.backward()
         clip_gradients(ours.parameters(), 1.0)
         ours_opt.step()
@@ -102,7 +105,7 @@ def main() -> None:
         f"threads={torch.get_num_threads()} params={sum(p.numel() for p in ours.parameters()):,}"
     )
     print(f"CPU fp32 matmul peak (measured): {peak / 1e9:.1f} GFLOP/s")
-    print(f"ours (megatron-core GPT):      {tps['ours']:10,.0f} tokens/s  MFU {mfu(tps['ours'], fpt, peak):.1%}")
+    print(f"ours (megatron-core GPT, {args.engine}):{' ' * (8 - len(args.engine))}{tps['ours']:10,.0f} tokens/s  MFU {mfu(tps['ours'], fpt, peak):.1%}")
     print(f"baseline (HF OlmoForCausalLM): {tps['hf']:10,.0f} tokens/s  MFU {mfu(tps['hf'], fpt, peak):.1%}")
     print(f"ratio ours / baseline: {tps['ours'] / tps['hf']:.2f}")
     D.destroy_distributed()

@@ -4,19 +4,23 @@ Same run, same weights, same batch: a freshly initialised GPT of the chosen scal
 built with megatron-core; its weights are copied into transformers' OlmoForCausalLM
 with the exporter's own mapping (echo_nemo.export.hf.megatron_to_hf), and the two
 models are checked to give the same logits before anything is timed. Both then sample
-B completions of N new tokens (temperature 1, left-padded prompts of the echo-lab
-test set), best of R repeats each. Figure: generated tokens/s; baseline: HF generate
-(with its KV cache); ratio = ours / HF.
+B completions of N new tokens (temperature 1, prompts of the echo-lab test set, left-padded
+for HF), alternating ours and HF for R repeats so machine load hits both alike; the median
+time of each is reported. Figure: generated tokens/s; baseline: HF generate (with its KV
+cache); ratio = ours / HF. Ours is echo_nemo.model.generate with the default lean decoder
+(`--engine megatron`: megatron's static-batching inference, the previous sampler).
 
 When a GPU is present it also times one PPO-style update (forward + backward of the
 policy over the rollout batch) in tokens/s.
 
-Run: python benchmarks/bench_rollout.py [--scale tiny] [--batch 64] [--new-tokens 128] [--repeats 2]
+Run: python benchmarks/bench_rollout.py [--scale tiny] [--batch 64] [--new-tokens 128] [--repeats 3]
+     python benchmarks/bench_rollout.py --scale 150m --batch 16 --new-tokens 128
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -56,38 +60,30 @@ def check_same_logits(ours, hf, tok) -> float:
     return float((a - b).abs().max())
 
 
-def time_ours(ours, tok, prompts: list[str], new_tokens: int, repeats: int) -> tuple[float, int]:
+def time_ours(ours, tok, prompts: list[str], new_tokens: int, seed: int, engine: str) -> tuple[float, int]:
     from echo_nemo.model.generate import generate
 
-    best, tokens = float("inf"), 0
-    for r in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        out = generate(ours, tok, prompts, max_new_tokens=new_tokens, temperature=1.0, seed=r)
-        _sync()
-        dt = time.perf_counter() - t0
-        if dt < best:
-            best, tokens = dt, out.num_tokens
-    return best, tokens
+    _sync()
+    t0 = time.perf_counter()
+    out = generate(ours, tok, prompts, max_new_tokens=new_tokens, temperature=1.0, seed=seed, engine=engine)
+    _sync()
+    return time.perf_counter() - t0, out.num_tokens
 
 
 @torch.no_grad()
-def time_hf(hf, tok, prompts: list[str], new_tokens: int, repeats: int) -> tuple[float, int]:
+def time_hf(hf, tok, prompts: list[str], new_tokens: int) -> tuple[float, int]:
     dev = next(hf.parameters()).device
     ids = [tok.encode(p) for p in prompts]
     width = max(map(len, ids))
     pad = tok.pad_id if tok.pad_id is not None else tok.eos_id
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=dev)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=dev)
-    best = float("inf")
-    for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        out = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
-                          top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad)
-        _sync()
-        best = min(best, time.perf_counter() - t0)
-    return best, int(out[:, width:].numel())
+    _sync()
+    t0 = time.perf_counter()
+    out = hf.generate(input_ids=input_ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
+                      top_k=0, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad)
+    _sync()
+    return time.perf_counter() - t0, int(out[:, width:].numel())
 
 
 def time_update(ours, tok, prompts: list[str], new_tokens: int, micro_batch: int) -> float:
@@ -117,24 +113,35 @@ def main() -> None:
     ap.add_argument("--scale", default="tiny")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--engine", default="lean", choices=["lean", "megatron"])
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from echo_nemo.data.sources import load_problems
 
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     ours, hf, tok = build(args.scale, dtype)
     diff = check_same_logits(ours, hf, tok)
     print(f"scale {args.scale}, batch {args.batch}, {args.new_tokens} new tokens, {dtype}, "
-          f"device {next(ours.parameters()).device}; max |logit diff| megatron vs HF = {diff:.2e}")
+          f"threads {torch.get_num_threads()}, device {next(ours.parameters()).device}; "
+          f"max |logit diff| megatron vs HF = {diff:.2e}")
     prompts = [p.prompt for p in load_problems("echolab_test", limit=args.batch)]
     prompts = (prompts * (args.batch // max(1, len(prompts)) + 1))[: args.batch]
-    t_hf, n_hf = time_hf(hf, tok, prompts, args.new_tokens, args.repeats)
-    t_ours, n_ours = time_ours(ours, tok, prompts, args.new_tokens, args.repeats)
-    ours_tps, hf_tps = n_ours / t_ours, n_hf / t_hf
-    print(f"baseline transformers generate: {hf_tps:10.1f} tokens/s ({n_hf} tokens in {t_hf:.2f} s)")
-    print(f"echo-nemo rollout (KV cache):   {ours_tps:10.1f} tokens/s ({n_ours} tokens in {t_ours:.2f} s)")
-    print(f"ratio echo-nemo / transformers: {ours_tps / hf_tps:.2f}x")
+    time_ours(ours, tok, prompts[:2], 2, 0, args.engine)  # warm-up (allocator, thread pools)
+    time_hf(hf, tok, prompts[:2], 2)
+    runs: dict[str, list[tuple[float, int]]] = {"hf": [], "ours": []}
+    for r in range(args.repeats):
+        runs["hf"].append(time_hf(hf, tok, prompts, args.new_tokens))
+        runs["ours"].append(time_ours(ours, tok, prompts, args.new_tokens, r, args.engine))
+    tps = {k: statistics.median(n / t for t, n in v) for k, v in runs.items()}
+    n_hf, n_ours = runs["hf"][0][1], runs["ours"][0][1]
+    print(f"baseline transformers generate: {tps['hf']:10.1f} tokens/s (median of {args.repeats}; {n_hf} tokens a run)")
+    print(f"echo-nemo rollout ({args.engine}):{' ' * (10 - len(args.engine))}{tps['ours']:10.1f} tokens/s "
+          f"(median of {args.repeats}; {n_ours} tokens in the first run)")
+    print(f"ratio echo-nemo / transformers: {tps['ours'] / tps['hf']:.2f}x")
     if torch.cuda.is_available():
         print(f"policy update (fwd+bwd):        {time_update(ours, tok, prompts, args.new_tokens, args.micro_batch):10.1f} tokens/s")
 

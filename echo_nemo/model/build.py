@@ -203,23 +203,43 @@ def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, parallel: bool = Tr
 
 
 def causal_forward(
-    model, tokens: torch.Tensor, labels: torch.Tensor | None = None, vocab_size: int | None = None
+    model,
+    tokens: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    vocab_size: int | None = None,
+    engine: str = "lean",
 ) -> torch.Tensor:
     """Run the GPT on [batch, seq] tokens: per-token loss [b, s] with labels, else logits.
 
     Logits are vocab-parallel ([b, s, V/tp]) unless the model was built with
     parallel_output=False. With `vocab_size` (the tokenizer's), padded vocabulary ids are
     masked out of the logits and the loss (the loss is then the same at every TP size).
+
+    engine "lean" (default): echo_nemo.model.lean's forward over the same parameters when
+    it supports the model, and the loss through torch's fused cross entropy at TP=1,
+    loss_t = logsumexp(logits_t) - logits_t[label_t]; "megatron": megatron's own forward
+    and loss (the reference; the two agree to float rounding, tested).
     """
+    from echo_nemo.model import lean
+
     b, s = tokens.shape
-    position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-    if vocab_size is None:
-        return model(tokens, position_ids, attention_mask=None, labels=labels)
+    if engine == "lean" and lean.supports(model):
+        logits = lean.lean_forward(model, tokens)
+    else:
+        position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
+        if vocab_size is None and labels is not None:
+            return model(tokens, position_ids, attention_mask=None, labels=labels)
+        logits = model(tokens, position_ids, attention_mask=None)
     parallel = getattr(getattr(model, "module", model), "parallel_output", True)
-    logits = model(tokens, position_ids, attention_mask=None)
-    logits = mask_padded_vocab(logits, vocab_size, parallel)
+    if vocab_size is not None:
+        logits = mask_padded_vocab(logits, vocab_size, parallel)
     if labels is None:
         return logits
+    from echo_nemo.distributed import tp_size
+
+    if tp_size() == 1 or not parallel:
+        v = logits.shape[-1]
+        return F.cross_entropy(logits.float().view(-1, v), labels.reshape(-1), reduction="none").view(b, s)
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     return vocab_parallel_cross_entropy(logits.float(), labels)

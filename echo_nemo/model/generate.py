@@ -1,22 +1,23 @@
 """Batched sampling on the megatron-core GPTModel with a KV cache.
 
-The cache is megatron's own `StaticInferenceContext`: `model.forward(...,
-inference_context=ctx)` writes each layer's keys/values into preallocated
-[max_seq, batch, heads, dim] buffers and attends over the filled prefix, so a decode
-step costs one token per sequence. It runs on CPU with the patches in
-echo_nemo.distributed (nothing else is needed) and on GPU unchanged.
+Two decoders behind one prefill / step / keep interface, both over the model's own
+parameters: `LeanDecoder` (echo_nemo.model.decode, the default: plain torch ops, a
+preallocated cache, prompts packed without padding for prefill) and
+`MegatronStaticDecoder` (megatron's `StaticInferenceContext`, the previous sampler, kept
+as the reference and as the fallback for architectures the lean path does not cover).
+They give the same tokens for the same seed up to float rounding (tested).
 
-Prompts of different lengths are LEFT-padded so every sequence's next token sits in
-the same cache column. Pad keys are excluded through a boolean attention mask
-(True = masked), and because RoPE depends only on the distance between query and key,
-the shift that left padding introduces does not change any logit: a padded prompt
-scores exactly like the same prompt alone (tested).
+Prompts of different lengths end at the same cache column (left-padding layout), so every
+sequence's next token sits in one column; pad columns are masked. RoPE depends only on
+the distance between query and key, so a padded prompt scores like the same prompt alone
+(tested). Sampling draws one uniform number per cache row and step (`sample_categorical`),
+and rows are dropped from the batch and the cache once at least 1/8 of them have finished:
+both decoders consume the generator identically.
 
-Tensor parallelism: the model's logits are vocab-parallel; `runtime_gather_output`
-gathers them, every TP rank samples with the same seeded generator, and TP rank 0's
-tokens are broadcast so all ranks keep identical sequences even if a float differs.
+Tensor parallelism: logits are gathered over the vocab-parallel shards, every TP rank
+samples with the same seeded generator, and TP rank 0's tokens are broadcast so all ranks
+keep identical sequences even if a float differs.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -97,13 +98,63 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+class MegatronStaticDecoder:
+    """megatron's own static-batching inference (`StaticInferenceContext`), behind the
+    same prefill / step / keep interface as `LeanDecoder`: the reference the lean path is
+    tested against, and a fallback for architectures the lean path does not cover."""
+
+    def __init__(self, model, batch: int, max_len: int) -> None:
+        from megatron.core.inference.contexts import StaticInferenceContext
+
+        from echo_nemo.distributed import patch_static_kv_rope
+
+        patch_static_kv_rope()  # rotate each key once, not the whole cache every step
+        self.model = model
+        self.dev = _device(model)
+        self.ctx = StaticInferenceContext(max_batch_size=batch, max_sequence_length=max_len)
+        self.valid = torch.zeros((batch, max_len), dtype=torch.bool, device=self.dev)  # real tokens
+        self.pos = 0
+
+    def _forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(self.pos, self.pos + tokens.size(1), device=self.dev).expand(tokens.size(0), -1)
+        logits = self.model(tokens, positions, attention_mask=mask, inference_context=self.ctx,
+                            runtime_gather_output=True)
+        self.ctx.increment_sequence_len_offset(tokens.size(1))
+        self.pos += tokens.size(1)
+        return logits[:, -1]
+
+    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
+        """Left-padded prompts in one forward; pad keys masked (True = masked)."""
+        b, plen = len(prompts), max(map(len, prompts))
+        tokens = torch.zeros((b, plen), dtype=torch.long, device=self.dev)  # pads: any id, masked
+        for i, p in enumerate(prompts):
+            tokens[i, plen - len(p) :] = torch.tensor(p, dtype=torch.long)
+            self.valid[i, plen - len(p) : plen] = True
+        causal = torch.triu(torch.ones(plen, plen, dtype=torch.bool, device=self.dev), diagonal=1)
+        return self._forward(tokens, causal[None, None] | ~self.valid[:, None, None, :plen])
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        self.valid[:, self.pos] = True
+        mask = ~self.valid[:, None, None, : self.pos + 1]
+        self.ctx.enable_decode_mode()
+        return self._forward(tokens[:, None], mask)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.ctx.key_value_memory_dict = {
+            layer: (k[:, rows], v[:, rows]) for layer, (k, v) in self.ctx.key_value_memory_dict.items()
+        }
+        self.valid = self.valid[rows]
+
+
+ENGINES = ("lean", "megatron")
+
+
 @torch.no_grad()
 def _generate_batch(
     model,
     prompts: list[list[int]],
     *,
     eos_id: int,
-    pad_id: int,
     vocab_size: int,
     max_new_tokens: int,
     temperature: float,
@@ -111,43 +162,26 @@ def _generate_batch(
     top_k: int,
     greedy: bool,
     generator: torch.Generator | None,
+    engine: str = "lean",
 ) -> tuple[list[list[int]], list[torch.Tensor], list[bool]]:
-    from megatron.core.inference.contexts import StaticInferenceContext
+    from echo_nemo.model import lean
+    from echo_nemo.model.decode import LeanDecoder
 
-    from echo_nemo.distributed import patch_static_kv_rope
-
-    patch_static_kv_rope()  # rotate each key once, not the whole cache every step
     dev = _device(model)
     b = len(prompts)
-    plen = max(len(p) for p in prompts)
-    total = plen + max_new_tokens
-    tokens = torch.full((b, plen), pad_id, dtype=torch.long, device=dev)
-    valid = torch.zeros((b, total), dtype=torch.bool, device=dev)  # real (non-pad) tokens
-    for i, p in enumerate(prompts):
-        tokens[i, plen - len(p) : plen] = torch.tensor(p, dtype=torch.long)
-        valid[i, plen - len(p) : plen] = True
-
-    ctx = StaticInferenceContext(max_batch_size=b, max_sequence_length=total)
+    total = max(map(len, prompts)) + max_new_tokens
+    lean_ok = engine == "lean" and lean.supports(model)
+    decoder = (LeanDecoder if lean_ok else MegatronStaticDecoder)(model, b, total)
     out_tokens = torch.full((b, max_new_tokens), eos_id, dtype=torch.long, device=dev)
     out_logprobs = torch.zeros((b, max_new_tokens), dtype=torch.float32, device=dev)
     lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=dev)
     done = torch.zeros(b, dtype=torch.bool, device=dev)
 
-    causal = torch.triu(torch.ones(plen, plen, dtype=torch.bool, device=dev), diagonal=1)
-    mask = causal[None, None] | ~valid[:, None, None, :plen]
-    step_input = tokens[:, :plen]
     rows = torch.arange(b, device=dev)  # the original index of each cache row
     alive = torch.ones(b, dtype=torch.bool, device=dev)  # per cache row: still generating
-    pos = 0
+    logits = decoder.prefill(prompts)
     for t in range(max_new_tokens):
-        positions = torch.arange(pos, pos + step_input.size(1), device=dev).expand(rows.numel(), -1)
-        logits = model(
-            step_input, positions, attention_mask=mask, inference_context=ctx,
-            runtime_gather_output=True,
-        )
-        ctx.increment_sequence_len_offset(step_input.size(1))
-        pos += step_input.size(1)
-        logits = logits[:, -1, :vocab_size].float()  # drop the vocab padding entries
+        logits = logits[:, :vocab_size].float()  # drop the vocab padding entries
         if greedy:
             nxt = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1)
@@ -155,7 +189,7 @@ def _generate_batch(
             scaled = logits / temperature
             logp = torch.log_softmax(scaled, -1)
             probs = torch.softmax(filter_logits(scaled, top_k, top_p), -1)
-            nxt = sample_categorical(probs, generator)
+            nxt = sample_categorical(probs, generator)  # one uniform per cache row
         nxt = _broadcast_from_tp0(nxt)
         nxt = torch.where(alive, nxt, torch.full_like(nxt, eos_id))  # finished rows feed EOS
         out_tokens[rows[alive], t] = nxt[alive]
@@ -164,20 +198,15 @@ def _generate_batch(
         lengths[rows[newly]] = t + 1
         done[rows[newly]] = True
         alive &= ~newly
-        if not bool(alive.any()):
+        if not bool(alive.any()) or t + 1 == max_new_tokens:
             break
-        valid[:, plen + t] = True
         if int((~alive).sum()) >= max(1, rows.numel() // 8):
             # drop finished sequences from the batch and the KV cache, so the remaining
             # decode steps (whose cost grows with batch x length) skip them
             keep = alive.nonzero().squeeze(1)
-            ctx.key_value_memory_dict = {
-                layer: (k[:, keep], v[:, keep]) for layer, (k, v) in ctx.key_value_memory_dict.items()
-            }
-            rows, alive, valid, nxt = rows[keep], alive[keep], valid[keep], nxt[keep]
-        step_input = nxt[:, None]
-        mask = ~valid[:, None, None, : pos + 1]
-        ctx.enable_decode_mode()
+            decoder.keep(keep)
+            rows, alive, nxt = rows[keep], alive[keep], nxt[keep]
+        logits = decoder.step(nxt)
 
     completions, logprobs, finished = [], [], []
     for i in range(b):
@@ -201,14 +230,19 @@ def generate(
     seed: int | None = None,
     batch_size: int | None = None,
     max_prompt_tokens: int | None = None,
+    engine: str = "lean",
 ) -> Rollout:
     """Sample one completion per prompt (repeat a prompt in the list for several).
 
     Sequences stop at EOS or after `max_new_tokens`. Prompts longer than
     `max_prompt_tokens` keep their last tokens. Deterministic for a given `seed`
     (per batch, so results do not depend on what else ran before). The model is put in
-    eval mode for the call and restored after.
+    eval mode for the call and restored after. `engine`: "lean" (echo_nemo.model.decode,
+    the default) or "megatron" (megatron's static-batching inference; same tokens up to
+    float rounding, slower).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if not greedy and temperature <= 0:
         raise ValueError("temperature must be > 0 when sampling (use greedy=True instead)")
     ids = [tokenizer.encode(p) for p in prompts]
@@ -229,11 +263,9 @@ def generate(
                 base = seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
                 generator.manual_seed(base + start)
             comp, lps, fin = _generate_batch(
-                model, chunk, eos_id=tokenizer.eos_id,
-                pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id,
-                vocab_size=tokenizer.vocab_size, max_new_tokens=max_new_tokens,
+                model, chunk, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
-                generator=generator,
+                generator=generator, engine=engine,
             )
             out.prompt_ids.extend(chunk)
             out.completion_ids.extend(comp)

@@ -132,7 +132,7 @@ def test_keys_rotated_once_before_caching_give_identical_rollouts(model_and_tok,
     from echo_nemo import distributed as D
 
     model, tok = model_and_tok
-    kw = dict(max_new_tokens=20, temperature=1.0, seed=4)
+    kw = dict(max_new_tokens=20, temperature=1.0, seed=4, engine="megatron")
     patched = generate(model, tok, PROMPTS, **kw)
     assert D.MEGATRON_ADJUST_KV is not None and Attention._adjust_key_value_for_inference is not D.MEGATRON_ADJUST_KV
     monkeypatch.setattr(Attention, "_adjust_key_value_for_inference", D.MEGATRON_ADJUST_KV)
