@@ -2,6 +2,12 @@
 OlmoForCausalLM of the same shape, batch and optimizer, measured in the same run.
 
     python benchmarks/bench_pretrain.py [--scale tiny] [--batch 16] [--seq 256] [--steps 10]
+    python benchmarks/bench_pretrain.py --device cuda --scale 150m|1b --vocab 32000 --batch 8 --seq 1024
+
+On CUDA (`--device cuda`, the default when a GPU is present) both models train with
+bf16 autocast over fp32 weights (what `echo-nemo pretrain` does on GPU) and MFU is
+against the GPU's dense bf16 peak (echo_nemo.train.mfu; $ECHO_NEMO_PEAK_TFLOPS for a GPU
+it does not list).
 
 A training step = forward + backward + gradient clipping + AdamW step, fp32, on random
 token batches (vocab 1024, the echo-lab tokenizer's). Ours uses the loop's pieces
@@ -34,7 +40,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--engine", default="lean", choices=["lean", "megatron"],
                     help="causal_forward's engine: the lean forward (default) or megatron's own")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -46,29 +55,31 @@ def main() -> None:
     from echo_nemo.model.scales import flops_per_token, get_scale
     from echo_nemo.optim import OptimConfig
     from echo_nemo.parallel import clip_gradients
-    from echo_nemo.train.mfu import cpu_matmul_peak, mfu
+    from echo_nemo.train.mfu import device_peak_flops, mfu
 
     D.init_distributed(tp=1, seed=0)
     scale = get_scale(args.scale)
     cfg = ModelConfig(scale=args.scale, seq_length=args.seq, vocab_size=args.vocab)
     optim_cfg = OptimConfig(warmup_steps=10)
 
-    ours = build_gpt(cfg, args.vocab)
+    ours = build_gpt(cfg, args.vocab).to(device)
     ours_opt, _ = optim_cfg.build(ours, 1000)
 
     class _Tok:
         pad_id, eos_id = 0, 0
 
-    hf = OlmoForCausalLM(olmo_config(cfg, scale, _Tok(), torch.float32)).train()
+    hf = OlmoForCausalLM(olmo_config(cfg, scale, _Tok(), torch.float32)).to(device).train()
     hf.config._attn_implementation = "sdpa"
     hf_opt, _ = optim_cfg.build(hf, 1000)
 
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g)
-    tokens, labels = batch[:, :-1], batch[:, 1:]
+    tokens, labels = batch[:, :-1].to(device), batch[:, 1:].to(device)
+    autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)  # noqa: E731
 
     def ours_step() -> float:
-        loss = causal_forward(ours, tokens, labels, vocab_size=args.vocab, engine=args.engine).mean()
+        with autocast():
+            loss = causal_forward(ours, tokens, labels, vocab_size=args.vocab, engine=args.engine).float().mean()
         loss.backward()
         clip_gradients(ours.parameters(), 1.0)
         ours_opt.step()
@@ -76,7 +87,8 @@ def main() -> None:
         return loss.item()
 
     def hf_step() -> float:
-        logits = hf(input_ids=tokens).logits
+        with autocast():
+            logits = hf(input_ids=tokens).logits
         loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
@@ -84,13 +96,14 @@ def main() -> None:
         hf_opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    peak = cpu_matmul_peak()
+    peak = device_peak_flops(device)
     for step in (ours_step, hf_step):  # warm-up (allocator, thread pools)
         step()
         step()
     times: dict[str, list[float]] = {"ours": [], "hf": []}
     for _ in range(args.rounds):
-        peak = max(peak, cpu_matmul_peak())  # the best moment of the run
+        if not cuda:
+            peak = max(peak, device_peak_flops(device))  # the best moment of the run
         for name, step in (("ours", ours_step), ("hf", hf_step)):
             for _ in range(args.steps):
                 t0 = time.perf_counter()
@@ -104,7 +117,11 @@ def main() -> None:
         f"scale={args.scale} batch={args.batch}x{args.seq} vocab={args.vocab} "
         f"threads={torch.get_num_threads()} params={sum(p.numel() for p in ours.parameters()):,}"
     )
-    print(f"CPU fp32 matmul peak (measured): {peak / 1e9:.1f} GFLOP/s")
+    if cuda:
+        print(f"GPU {torch.cuda.get_device_name()}: bf16 autocast, dense bf16 peak "
+              f"{peak / 1e12 if peak else float('nan'):.0f} TFLOP/s")
+    else:
+        print(f"CPU fp32 matmul peak (measured): {peak / 1e9:.1f} GFLOP/s")
     print(f"ours (megatron-core GPT, {args.engine}):{' ' * (8 - len(args.engine))}{tps['ours']:10,.0f} tokens/s  MFU {mfu(tps['ours'], fpt, peak):.1%}")
     print(f"baseline (HF OlmoForCausalLM): {tps['hf']:10,.0f} tokens/s  MFU {mfu(tps['hf'], fpt, peak):.1%}")
     print(f"ratio ours / baseline: {tps['ours'] / tps['hf']:.2f}")

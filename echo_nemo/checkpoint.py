@@ -7,7 +7,11 @@ A checkpoint is `run_dir/checkpoints/step_<N>/`:
   identical on every rank),
 - one ShardedObject per global rank with that rank's `rank_extra` (RNG states, loader
   position): restored only when the parallel layout is the same,
-- `meta.json` {"step", "model": ModelConfig as dict, "tokenizer", "kind", "layout"}.
+- `meta.json` {"step", "model": ModelConfig as dict, "tokenizer", "kind", "layout",
+  "keep"}: `keep` marks a checkpoint that pruning never deletes (the study's log-spaced
+  ones, explicit keep steps), whatever the config of a later, resumed run says.
+
+Rank 0 prints a line per save and load (size, seconds): at 1b they take a while.
 
 Atomicity: everything is written into `step_<N>.tmp/`; after all ranks finish, rank 0
 writes meta.json and renames the folder. A save killed at any point leaves at most a
@@ -25,6 +29,8 @@ import math
 import os
 import re
 import shutil
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,14 +224,18 @@ def save_checkpoint(
 
     `extra` must be identical on all ranks (scheduler state, counters); `rank_extra` is
     per rank (RNG, loader position). `model_config.vocab_size` must be the tokenizer's
-    vocab. After the rename, keeps the newest `keep_last` checkpoints plus `keep_steps`.
+    vocab. A step in `keep_steps` is marked `keep` in its meta.json. After the rename,
+    deletes complete checkpoints that are neither among the newest `keep_last` nor
+    marked `keep` (keep_last None: deletes nothing).
     """
     if not model_config.vocab_size:
         raise ValueError("save_checkpoint needs model_config.vocab_size")
     root = checkpoints_dir(run_dir)
     final = root / f"step_{int(step)}"
     tmp = root / f"step_{int(step)}.tmp"
+    t0 = time.perf_counter()
     if _rank() == 0:
+        _progress(f"saving {_where(final)} ...")
         if tmp.exists():
             shutil.rmtree(tmp)  # left by a killed save
         tmp.mkdir(parents=True)
@@ -250,6 +260,7 @@ def save_checkpoint(
             "model": dataclasses.asdict(model_config),
             "tokenizer": tok,
             "layout": _layout(),
+            "keep": int(step) in set(keep_steps),
         }
         with open(tmp / META, "w") as f:
             json.dump(meta, f, indent=2)
@@ -258,9 +269,32 @@ def save_checkpoint(
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
+        _progress(f"saved {_where(final)}: {_size(final)} in {time.perf_counter() - t0:.1f} s")
         _prune(run_dir, keep_last, set(keep_steps) | {int(step)})
     _barrier()
     return final
+
+
+def _progress(line: str) -> None:
+    """One line on stderr (beside the progress bars; stdout stays the commands' output)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"[checkpoint] {line}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _where(ckpt: Path) -> str:
+    """`<run dir name>/checkpoints/step_N` (or the aux model's `<run>/<name>/checkpoints/...`)."""
+    parts = Path(ckpt).parts
+    return str(Path(*parts[-4:])) if len(parts) >= 4 else str(ckpt)
+
+
+def _size(path: Path) -> str:
+    total = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if total >= div:
+            return f"{total / div:.2f} {unit}"
+    return f"{total} B"
 
 
 def remove_incomplete(run_dir: str | os.PathLike) -> list[Path]:
@@ -272,14 +306,27 @@ def remove_incomplete(run_dir: str | os.PathLike) -> list[Path]:
     return stale
 
 
+def is_kept(ckpt: Path) -> bool:
+    """True when the checkpoint's meta.json marks it `keep` (never pruned)."""
+    try:
+        return bool(json.loads((Path(ckpt) / META).read_text()).get("keep", False))
+    except (OSError, json.JSONDecodeError):
+        return True  # unreadable: never delete what we cannot classify
+
+
+def prunable(steps: list[int], keep_last: int, keep: set[int]) -> list[int]:
+    """The steps pruning deletes: all but the newest `keep_last` and those in `keep`."""
+    newest = set(sorted(steps)[-keep_last:]) if keep_last > 0 else set()
+    return [s for s in sorted(steps) if s not in newest and s not in keep]
+
+
 def _prune(run_dir: str | os.PathLike, keep_last: int | None, keep: set[int]) -> None:
     if keep_last is None:
         return
-    done = complete_checkpoints(run_dir)
-    newest = {s for s, _ in done[-keep_last:]} if keep_last > 0 else set()
-    for s, p in done:
-        if s not in newest and s not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+    done = dict(complete_checkpoints(run_dir))
+    for s in prunable(list(done), keep_last, keep):
+        if not is_kept(done[s]):
+            shutil.rmtree(done[s], ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- load
@@ -305,6 +352,9 @@ def load_checkpoint(
     """
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
+    t0 = time.perf_counter()
+    if _rank() == 0:
+        _progress(f"loading {_where(ckpt)} ({_size(ckpt)}) ...")
     same_layout = meta.get("layout") == _layout()
     if optimizer is not None:
         _init_adam_state(optimizer)
@@ -322,6 +372,8 @@ def load_checkpoint(
         for st in osd["state"].values():
             st["step"] = torch.tensor(float(adam_step))
         optimizer.load_state_dict(osd)
+    if _rank() == 0:
+        _progress(f"loaded {_where(ckpt)} in {time.perf_counter() - t0:.1f} s")
     return Loaded(
         step=int(meta["step"]),
         meta=meta,

@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
+from echo_nemo.preempt import EXIT_REQUEUE, Preempted
 
 # (subcommand, module providing `register`) in the order `--help` lists them.
 COMMANDS: list[tuple[str, str]] = [
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"echo-nemo: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Preempted as e:  # a resume checkpoint is saved: ask the scheduler for a requeue
+        print(f"echo-nemo: {e}", file=sys.stderr)
+        return EXIT_REQUEUE
     except KeyboardInterrupt:
         print("echo-nemo: interrupted", file=sys.stderr)
         return 130

@@ -38,13 +38,16 @@ from echo_nemo.reward.formats import FORMATS
 
 def _generate_all(model, tokenizer, prompts: list[str], *, desc: str, batch_size: int, seed: int,
                   show_progress: bool, **kw: Any) -> list[str]:
-    """Completions for all prompts, in batches under a progress bar."""
+    """Completions for all prompts, in batches under a progress bar counting prompts
+    (problems, or samples for the sampled pass) with their rate and the ETA."""
     out: list[str] = []
-    starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not show_progress, leave=False):
-        chunk = prompts[start : start + batch_size]
-        # the seed moves with the batch so every batch draws fresh samples
-        out.extend(generate(model, tokenizer, chunk, seed=seed + start, batch_size=len(chunk), **kw).completions)
+    unit = "problem" if kw.get("greedy") else "sample"
+    with tqdm(total=len(prompts), desc=desc, unit=unit, disable=not show_progress, leave=False) as bar:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            # the seed moves with the batch so every batch draws fresh samples
+            out.extend(generate(model, tokenizer, chunk, seed=seed + start, batch_size=len(chunk), **kw).completions)
+            bar.update(len(chunk))
     return out
 
 
@@ -74,7 +77,7 @@ def evaluate_problems(model, tokenizer, problems: list, cfg: EvalConfig, *, name
     if n > 0:
         rep_prompts = [pr for pr in prompts for _ in range(n)]  # problem i owns samples [i*n, (i+1)*n)
         comps = _generate_all(
-            model, tokenizer, rep_prompts, desc=f"{name} sample x{n}", batch_size=cfg.batch_size,
+            model, tokenizer, rep_prompts, desc=f"{name} sampled ({len(problems)} problems x {n})", batch_size=cfg.batch_size,
             seed=cfg.seed + 1_000_003, show_progress=show_progress, temperature=cfg.sampling.temperature,
             top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k, **gen_kw)
         scores = score(comps, [t for t in truths for _ in range(n)])

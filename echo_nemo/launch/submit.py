@@ -15,6 +15,11 @@ job; the command auto-resumes from the latest checkpoint of its run dir, so a jo
 SLURM requeues (preemption, timeout, `scontrol requeue`) continues where it was. When
 the command succeeds, rank 0 writes `.sweep_done` into the run dir; a point with that
 marker is never submitted or run again.
+
+Preemption: submitit's warning signal (USR2, 90 s before the time limit) and USR1
+(`scancel --signal=USR1 JOB`) reach every task; the command finishes its step, saves a
+resume checkpoint and returns 75 (echo_nemo.preempt), and rank 0 then runs submitit's
+own checkpoint-and-requeue handler, which resubmits this same PointJob.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import time
 import zlib
 from dataclasses import dataclass
@@ -32,6 +38,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
+from echo_nemo import preempt
 from echo_nemo.config import REPO_ROOT, compose, load_recipe, schema_for_recipe, to_yaml
 from echo_nemo.errors import UserError
 from echo_nemo.launch.config import (
@@ -150,7 +157,8 @@ class PointJob(submitit.helpers.Checkpointable):
 
     `checkpoint()` (inherited) resubmits this same object when SLURM signals a timeout
     or preemption: the command's own checkpoints carry the progress, so nothing else
-    needs saving here.
+    needs saving here. The command catches the signal first (echo_nemo.preempt) so that
+    it can save after its current step; `_after_stop` then hands over to submitit.
     """
 
     def __init__(self, argv: list[str], run_dir: str) -> None:
@@ -167,6 +175,8 @@ class PointJob(submitit.helpers.Checkpointable):
 
         print(f"[echo-nemo sweep] echo-nemo {shlex.join(self.argv)}", flush=True)
         rc = main(self.argv)
+        if rc == preempt.EXIT_REQUEUE:
+            self._after_stop()
         if rc != 0:
             raise RuntimeError(f"`echo-nemo {shlex.join(self.argv)}` exited with code {rc}")
         if _global_rank() == 0:
@@ -174,6 +184,21 @@ class PointJob(submitit.helpers.Checkpointable):
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps({"finished": time.time(), "argv": self.argv}) + "\n")
         return str(run_dir)
+
+    def _after_stop(self) -> None:
+        """The command stopped on a signal with a resume checkpoint saved. USR1/USR2: rank 0
+        runs submitit's preemption handler (pickles this job again, `scontrol requeue`s
+        it, exits). SIGTERM: SLURM requeues a preempted job itself, and a cancelled one must
+        stay cancelled. Every rank leaves without a result: the point is not done."""
+        handler = signal.getsignal(preempt.submitit_signal())
+        requeue = preempt.stopped_by() not in (None, "SIGTERM")
+        if requeue and _global_rank() == 0:
+            if os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local") or not callable(handler):
+                raise RuntimeError(f"`echo-nemo {shlex.join(self.argv)}` stopped on a signal after saving; "
+                                   "run the sweep again to resume it")
+            print("[echo-nemo sweep] stopped with a resume checkpoint: requeueing through submitit", flush=True)
+            handler(preempt.submitit_signal(), None)  # submitit exits the process from here
+        raise SystemExit(preempt.EXIT_REQUEUE)
 
 
 # ----------------------------------------------------------------------------- executors

@@ -110,6 +110,17 @@ class RewardSection:
 
 
 @dataclass
+class RLCheckpointSection:
+    """Resume checkpoints, besides the study's `num_checkpoints` log-spaced ones (kept forever).
+
+    The shape of pretraining's `checkpoint:` section (echo_nemo.train.config.CheckpointConfig)."""
+
+    every: int = 50  # save every N steps (Expert Iteration: rounds); 0: only the log-spaced ones
+    keep_last: int = 2  # newest checkpoints to keep; log-spaced ones are never pruned
+    resume: bool = True  # continue from the run dir's newest complete checkpoint
+
+
+@dataclass
 class RLConfig:
     algorithm: str = "grpo"
     run_dir: str = "runs/rl"
@@ -131,6 +142,7 @@ class RLConfig:
     reinforce: ReinforceSection = field(default_factory=ReinforceSection)
     ei: EISection = field(default_factory=EISection)
     reward: RewardSection = field(default_factory=RewardSection)
+    checkpoint: RLCheckpointSection = field(default_factory=RLCheckpointSection)
 
     RENAMED: ClassVar[dict[str, str]] = {"model.tp": "parallel.tp"}
 
@@ -152,6 +164,11 @@ class RLConfig:
             raise UserError("rollout.samples_per_prompt must be >= 2 for grpo (advantages are per group)")
         if self.steps is not None and self.steps < 1:
             raise UserError(f"steps must be >= 1 (or null for `epochs` passes), got {self.steps}")
+        if self.checkpoint.every < 0 or self.checkpoint.keep_last < 1:
+            raise UserError(
+                f"checkpoint.every must be >= 0 and checkpoint.keep_last >= 1 (the newest one resumes), "
+                f"got {self.checkpoint.every} and {self.checkpoint.keep_last}"
+            )
         self.parallel.validate()
         self.optim.validate()
         if self.optim.micro_batch_size < 1 or self.optim.epochs < 1:

@@ -2,6 +2,7 @@
 
     per step:  sample -> score -> experience (log-probs; KL penalty into the reward)
                -> the algorithm's advantages -> update -> log / eval / checkpoint
+               -> stop here if a rank got SIGTERM/SIGUSR1 (saved: echo_nemo.preempt)
 
 Each phase runs under `run.timer(name)`, so `time/<name>_s` is logged for every step.
 `policy_update` is the clipped policy-gradient update PPO, GRPO and REINFORCE share;
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from echo_nemo import parallel as P
+from echo_nemo import preempt
 from echo_nemo.rl.experience import Experience, length_batches, sequence_logprobs
 from echo_nemo.rl.losses import clipped_pg_loss, kl_estimate, masked_mean
 
@@ -46,7 +48,9 @@ def train(run: RLRun, algo: Algorithm) -> None:
         metrics = run.step_metrics(batch.rollout, rewards, formats, exp, entropy)
         metrics.update(exp.stats)
         metrics.update(stats)
-        run.finish_step(step, metrics)
+        stop = run.finish_step(step, metrics)  # logs, evaluates, saves (also when stopping)
+        if stop:
+            raise preempt.Preempted(stop, step, run.run_dir / "checkpoints" / f"step_{step}")
 
 
 def optimizer_step(params, opt: torch.optim.Optimizer, grad_clip: float, sched=None) -> float:

@@ -3,7 +3,9 @@
 One run dir per run: config.yaml, metrics.jsonl, tensorboard/, checkpoints/step_<N>/
 (policy, loadable by eval/export), <aux>/checkpoints/ (e.g. PPO's critic), tokenizer/,
 report/. Running the same config on an existing run dir resumes from its newest
-checkpoint.
+checkpoint: one of the study's log-spaced ones (kept forever) or a resume checkpoint
+(every `checkpoint.every` steps, the newest `checkpoint.keep_last` kept, and one when a
+stop signal arrives: see echo_nemo.preempt).
 
 `RLRun` is what the step loop (rl/loop.py) and the algorithms read and write; every
 field is declared here, auxiliary models included.
@@ -25,6 +27,7 @@ from tqdm import tqdm
 from echo_nemo import checkpoint as C
 from echo_nemo import distributed as D
 from echo_nemo import parallel as P
+from echo_nemo import preempt
 from echo_nemo.config import save_config
 from echo_nemo.data.sources import benchmark_name, load_problems
 from echo_nemo.errors import UserError
@@ -44,6 +47,8 @@ from echo_nemo.rl.reinforce import Reinforce
 from echo_nemo.tokenizer import load_tokenizer
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"ppo": PPO, "grpo": GRPO, "reinforce": Reinforce, "ei": ExpertIteration}
+EVAL_BATCH = 64  # held-out prompts per generation call when rollout.batch_size is null
+EVAL_HINT_TOKENS = 64 * 1024  # problems x new tokens above which the start of a run says how to bound it
 
 
 # ----------------------------------------------------------------------------- reward
@@ -214,28 +219,54 @@ class RLRun:
         m["throughput/rollout_tokens"] = float(rollout.num_tokens)
         return P.mean_over_dp(m)
 
-    def finish_step(self, step: int, metrics: dict[str, float]) -> None:
-        """Log the step (with its timers), run the periodic eval, checkpoint when due."""
+    def finish_step(self, step: int, metrics: dict[str, float]) -> str | None:
+        """Log the step (with its timers), run the periodic eval, checkpoint when due or when
+        a stop signal reached any rank. Returns that signal's name (every rank the same)."""
         every = self.cfg.eval_every
         if (every and step % every == 0) or step == self.total:
             with self.timer("eval"):
                 metrics.update(self.evaluate())
-        if step in self.ckpt_steps:
+        stop = preempt.stop_requested()
+        periodic = self.cfg.checkpoint.every and step % self.cfg.checkpoint.every == 0
+        if step in self.ckpt_steps or periodic or stop:
             with self.timer("checkpoint"):
                 self.save(step)
         metrics.update(self.times)
         self.logger.log(step, metrics)
+        return stop if step < self.total else None  # the last step ends the run anyway
+
+    def eval_hint(self) -> str | None:
+        """A line for the start of a run whose held-out eval is long (e.g. all 1319 GSM8K
+        test problems at 1024 new tokens: minutes even on a GPU, on CPU far longer)."""
+        n = len(self.eval_problems)
+        new_tokens = self.cfg.eval_max_new_tokens or self.cfg.rollout.max_new_tokens
+        if n * new_tokens <= EVAL_HINT_TOKENS:
+            return None
+        when = f"every {self.cfg.eval_every} steps and " if self.cfg.eval_every else ""
+        return (f"[rl] held-out eval: {n} {benchmark_name(self.cfg.data.eval)} problems x up to {new_tokens} "
+                f"new tokens, greedy, {when}at the last step; a smoke run can bound it with "
+                f"data.eval_limit=N (and eval_max_new_tokens=N)")
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy pass@1 and format shares on the held-out prompts (all ranks, same prompts)."""
+        """Greedy pass@1 and format shares on the held-out prompts (all ranks, same prompts),
+        in batches under a progress bar (problems, rate, ETA) on rank 0."""
         if not self.eval_problems:
             return {}
         r = self.cfg.rollout
-        out = generate(self.model, self.tokenizer, [p.prompt for p in self.eval_problems], greedy=True,
-                       max_new_tokens=self.cfg.eval_max_new_tokens or r.max_new_tokens,
-                       batch_size=r.batch_size, max_prompt_tokens=r.max_prompt_tokens)
+        prompts = [p.prompt for p in self.eval_problems]
+        bs = r.batch_size or EVAL_BATCH
+        completions: list[str] = []
+        with tqdm(total=len(prompts), desc=f"rl eval {benchmark_name(self.cfg.data.eval)} greedy", unit="problem",
+                  leave=False, disable=not D.is_main()) as bar:
+            for start in range(0, len(prompts), bs):
+                chunk = prompts[start : start + bs]
+                out = generate(self.model, self.tokenizer, chunk, greedy=True,
+                               max_new_tokens=self.cfg.eval_max_new_tokens or r.max_new_tokens,
+                               batch_size=len(chunk), max_prompt_tokens=r.max_prompt_tokens)
+                completions += out.completions
+                bar.update(len(chunk))
         truths = [p.answer for p in self.eval_problems]
-        res = self.scorer(out.completions, truths) if D.tp_rank() == 0 else None
+        res = self.scorer(completions, truths) if D.tp_rank() == 0 else None
         rewards, formats = P.broadcast_tp(res)
         m = {f"acc/{benchmark_name(self.cfg.data.eval)}/pass@1": float(np.mean(rewards))}
         m.update(format_metrics("eval/", formats, rewards))
@@ -243,21 +274,40 @@ class RLRun:
 
     def save(self, step: int) -> None:
         """The policy as a standard checkpoint (eval/export load it) plus RL resume state;
-        each auxiliary model as a checkpoint of its own under run_dir/<name>/."""
+        each auxiliary model as a checkpoint of its own under run_dir/<name>/.
+
+        The study's log-spaced steps are marked keep (never pruned); of the others the
+        newest `checkpoint.keep_last` stay, for the policy and every auxiliary model alike.
+        """
         extra = {"rl_step": step, "sched": self.sched.state_dict() if self.sched else None,
                  "aux_sched": {n: a.sched.state_dict() for n, a in self.aux.items() if a.sched is not None},
                  "algo_state": dict(self.algo_state)}
+        keep = {"keep_last": self.cfg.checkpoint.keep_last, "keep_steps": self.ckpt_steps}
         C.save_checkpoint(self.run_dir, step, self.model, self.opt, model_config=self.model_config,
-                          tokenizer=self.tokenizer_path, kind="rl", extra=extra, rank_extra={"rng": C.rng_state()})
+                          tokenizer=self.tokenizer_path, kind="rl", extra=extra, rank_extra={"rng": C.rng_state()},
+                          **keep)
         for name, a in self.aux.items():
             C.save_checkpoint(self.run_dir / name, step, a.module, a.opt, model_config=self.model_config,
-                              tokenizer=self.tokenizer_path, kind=f"rl_{name}")
+                              tokenizer=self.tokenizer_path, kind=f"rl_{name}", **keep)
+
+    def latest_complete_step(self) -> int | None:
+        """The newest step saved completely for the policy and every auxiliary model (a kill
+        between the policy's save and the critic's leaves only the policy's)."""
+        steps = {s for s, _ in C.complete_checkpoints(self.run_dir)}
+        for name in self.aux:
+            steps &= {s for s, _ in C.complete_checkpoints(self.run_dir / name)}
+        return max(steps, default=None)
 
     def resume(self) -> None:
         """Continue after the newest checkpoint of this run dir, if there is one."""
-        ckpt = C.latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        if D.is_main():
+            for d in [self.run_dir, *(self.run_dir / n for n in self.aux)]:
+                C.remove_incomplete(d)  # `.tmp` folders of saves that were killed
+        D.barrier()
+        step = self.latest_complete_step() if self.cfg.checkpoint.resume else None
+        if step is None:
             return
+        ckpt = C.checkpoints_dir(self.run_dir) / f"step_{step}"
         loaded = C.load_checkpoint(ckpt, self.model, self.opt)
         if loaded.extra.get("sched") and self.sched:
             self.sched.load_state_dict(loaded.extra["sched"])
@@ -270,7 +320,8 @@ class RLRun:
         if loaded.rank_extra:
             C.set_rng_state(loaded.rank_extra["rng"])
         self.start_step = loaded.step
-        truncate_metrics(self.run_dir, loaded.step)
+        if D.is_main():
+            truncate_metrics(self.run_dir, loaded.step)
 
     def close(self) -> None:
         if self.logger is not None:
@@ -368,7 +419,13 @@ def open_run(
 
 
 def run_rl(cfg: RLConfig, **hooks) -> Path:
-    """Run (or resume) RL as configured; returns the run dir. Hooks: see `open_run`."""
-    with open_run(cfg, **hooks) as run:
+    """Run (or resume) RL as configured; returns the run dir. Hooks: see `open_run`.
+
+    A stop signal (echo_nemo.preempt) ends it after the current step with a resume
+    checkpoint and `preempt.Preempted`."""
+    with open_run(cfg, **hooks) as run, preempt.catch_signals():
+        hint = run.eval_hint()
+        if hint and D.is_main():
+            print(hint, flush=True)
         loop.train(run, ALGORITHMS[cfg.algorithm]())
     return Path(cfg.run_dir)

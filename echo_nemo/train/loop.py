@@ -5,6 +5,10 @@ sequences, split as micro_batch_size x data-parallel ranks x accumulation steps,
 the loss is the mean over all of their tokens, so the same recipe gives the same
 updates at any TP / DP / accumulation split (up to float reassociation).
 
+Preemption: SIGTERM / SIGUSR1 (echo_nemo.preempt) let the current step finish, then
+every rank agrees to stop, a resume checkpoint is saved and `Preempted` is raised (the
+CLI exits 75 for a requeue; a rerun resumes from it exactly).
+
 Precision: fp32 on CPU; on GPU fp32 master weights with bf16 autocast (what OLMo's
 mixed-precision training does), unless `train.precision` says otherwise.
 """
@@ -25,6 +29,7 @@ from tqdm import tqdm
 from echo_nemo import checkpoint as C
 from echo_nemo import distributed as D
 from echo_nemo import parallel as P
+from echo_nemo import preempt
 from echo_nemo.checkpoint import log_spaced_steps
 from echo_nemo.config import save_config
 from echo_nemo.data.loader import ShardLoader, read_manifest
@@ -73,7 +78,15 @@ def real_targets(tokens: torch.Tensor, labels: torch.Tensor, eos: int) -> torch.
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    """Train `cfg.model` on `cfg.data.shards`; returns the run dir. Resumes automatically."""
+    """Train `cfg.model` on `cfg.data.shards`; returns the run dir. Resumes automatically.
+
+    A stop signal (see echo_nemo.preempt) ends it after the current step with a resume
+    checkpoint and `preempt.Preempted`."""
+    with preempt.catch_signals():
+        return _pretrain(cfg)
+
+
+def _pretrain(cfg: PretrainConfig) -> Path:
     # --- set-up: process groups, data, model, optimizer
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
@@ -198,8 +211,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
         bar.update(1)
 
-        # --- checkpoint
-        if step in save_steps:
+        # --- checkpoint: when due, and when any rank got a stop signal (all ranks agree)
+        stop = preempt.stop_requested()
+        if step in save_steps or stop:
             C.save_checkpoint(
                 run_dir,
                 step,
@@ -213,6 +227,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 keep_last=cfg.checkpoint.keep_last,
                 keep_steps=sorted(keep_steps),
             )
+        if stop and step < cfg.train.steps:
+            bar.close()
+            logger.close()
+            raise preempt.Preempted(stop, step, C.checkpoints_dir(run_dir) / f"step_{step}")
     bar.close()
     logger.close()
     del tokenizer

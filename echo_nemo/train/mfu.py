@@ -6,25 +6,34 @@ fp32 matmul throughput measured at start-up with the threads torch will use.
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 
-# Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from NVIDIA datasheets (SXM parts).
+# Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from NVIDIA datasheets (SXM parts
+# unless named). Matched in order against torch.cuda.get_device_name(): the first key
+# found in the name wins, so the more specific names come first.
 GPU_BF16_PEAK = {
+    "B200": 2250e12,
+    "GH200": 989e12,
     "H200": 989e12,
+    "H100 PCIe": 756e12,
     "H100": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
+    "L4": 121e12,
     "A10": 125e12,
 }
+PEAK_ENV = "ECHO_NEMO_PEAK_TFLOPS"  # set it for a GPU not listed here (dense bf16 TFLOP/s)
 
 
 def gpu_peak_flops(name: str | None = None) -> float | None:
-    """The bf16 peak of the current (or named) GPU, None when unknown."""
+    """The bf16 peak of the current (or named) GPU: $ECHO_NEMO_PEAK_TFLOPS when set, else the
+    table above; None when unknown (MFU is then reported as nan)."""
+    if os.environ.get(PEAK_ENV):
+        return float(os.environ[PEAK_ENV]) * 1e12
     name = name or (torch.cuda.get_device_name() if torch.cuda.is_available() else "")
-    if "H100" in name and "PCIe" in name:
-        return 756e12
     for key, peak in GPU_BF16_PEAK.items():
         if key in name:
             return peak
@@ -50,8 +59,11 @@ def cpu_matmul_peak(n: int = 512, seconds: float = 0.5, trials: int = 5) -> floa
     return best
 
 
-def device_peak_flops() -> float | None:
-    return gpu_peak_flops() if torch.cuda.is_available() else cpu_matmul_peak()
+def device_peak_flops(device: str | torch.device | None = None) -> float | None:
+    """The peak MFU is measured against: the GPU's bf16 peak on CUDA, the measured fp32
+    matmul throughput on CPU. `device` None: CUDA when available."""
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    return gpu_peak_flops() if kind == "cuda" else cpu_matmul_peak()
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float | None, devices: int = 1) -> float:

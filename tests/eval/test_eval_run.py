@@ -38,6 +38,11 @@ def test_eval_cli_writes_consistent_results(checkpoint_run, tmp_path, cli):
             "--out", out, "--label", "before RL", "max_new_tokens=12", "ks=[1,2,4]", "batch_size=5")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "pass@1" in r.stdout and "echolab" in r.stdout  # the terminal table
+    # progress on stderr: the checkpoint load, then both passes counted in problems / samples
+    assert "[checkpoint] loaded" in r.stderr
+    # (bars that close fast may never draw 100%: the unit and the totals are what always show)
+    assert "echolab greedy:" in r.stderr and "/3 [" in r.stderr and "problem/s" in r.stderr
+    assert "echolab sampled (3 problems x 4):" in r.stderr and "/12 [" in r.stderr and "sample/s" in r.stderr
 
     res = json.loads((out / "results.json").read_text())
     assert res["label"] == "before RL" and res["step"] == 7

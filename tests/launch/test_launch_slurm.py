@@ -178,3 +178,80 @@ def test_plain_sbatch_template_runs_pretraining_under_srun(slurm_cluster, tiny_s
     log = (tmp_path / f"slurm-{job_id}.out").read_text()
     assert "tp=2 dp=1" in log and "steps 0->2" in log
     assert [row["step"] for row in read_metrics(run_dir)] == [1, 2]
+
+
+def _wait_for_steps(run_dir: Path, n: int, log: Path | None = None, timeout_s: float = 300) -> int:
+    deadline = time.time() + timeout_s
+    while len(read_metrics(run_dir)) < n:
+        assert time.time() < deadline, f"no step {n} in {run_dir}: " + (log.read_text()[-3000:] if log and log.exists() else "")
+        time.sleep(0.2)
+    return len(read_metrics(run_dir))
+
+
+def test_sbatch_usr1_saves_requeues_and_resumes_exactly(slurm_cluster, tiny_shards, tmp_path, cli):
+    """slurm/pretrain.sbatch at TP=2 (2 tasks): USR1 to the batch shell only (what
+    `--signal=B:USR1@300` sends near the time limit); its trap forwards it through srun to
+    both ranks, they save after the same step and exit 75, the script requeues the job, and
+    the requeued run resumes with the losses of an uninterrupted run."""
+    steps = 150
+    overrides = [*pretrain_overrides(tiny_shards, steps=steps), "parallel.tp=2"]
+    recipe = str(REPO / "recipes" / "pretrain" / "quickstart_smoke.yaml")
+    ref = tmp_path / "ref"
+    r = cli("pretrain", recipe, *overrides, f"run_dir={ref}", nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(
+        ["sbatch", "--parsable", "--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1", "--time=10",
+         f"--output={tmp_path}/slurm-%j.out", str(REPO / "slurm" / "pretrain.sbatch"), recipe, *overrides,
+         f"run_dir={run_dir}"],
+        capture_output=True, text=True, check=True, cwd=REPO, env=env,
+    )
+    job_id = r.stdout.strip().split(";")[0]
+    log = tmp_path / f"slurm-{job_id}.out"
+    _wait_for_steps(run_dir, 5, log)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, capture_output=True)
+    assert wait_state(job_id, "COMPLETED", timeout_s=400), log.read_text()[-3000:]
+    text = log.read_text()
+    assert "USR1: the tasks save after their current step" in text and f"requeueing {job_id}" in text
+    starts = [int(a) for a, _ in re.findall(r"steps (\d+)->(\d+)", text)]
+    assert len(starts) == 2 and starts[0] == 0 and 5 <= starts[1] < steps, text[-3000:]
+    assert text.count("caught SIGUSR1") == 2  # both ranks got it
+    ref_loss = {row["step"]: row["loss"] for row in read_metrics(ref)}
+    got = {row["step"]: row["loss"] for row in read_metrics(run_dir)}
+    assert sorted(got) == list(range(1, steps + 1))
+    for s in ref_loss:
+        assert abs(got[s] - ref_loss[s]) <= 1e-6, (s, got[s], ref_loss[s])
+
+
+def test_sweep_rl_point_usr1_requeues_through_submitit_and_resumes(slurm_cluster, tmp_path):
+    """`scancel --signal=USR1` to a sweep's RL job (every task): the run saves after its
+    step, PointJob hands over to submitit, which requeues the same job; it resumes and
+    finishes, and the point is marked done."""
+    from echo_nemo.launch.submit import plan_sweep, submit_sweep, wait_for
+
+    steps = 12
+    args = ["model.init=null", "model.scale=debug", f"steps={steps}", "rollout.prompts_per_step=2",
+            "rollout.samples_per_prompt=4", "rollout.max_new_tokens=10", "data.eval_limit=2",
+            "eval_max_new_tokens=10", "num_checkpoints=2", "checkpoint.every=0", "reward.in_process=true"]
+    recipe = tmp_path / "recipes" / "sweeps" / "rl_usr1.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text(f"""name: rl_usr1
+command: rl
+recipe: {REPO / "recipes" / "rl" / "grpo_echolab_tiny.yaml"}
+grid: {{seed: [7]}}
+overrides: {json.dumps(args)}
+out_dir: {tmp_path / "sweeps"}
+profile: local
+resources: {{time: "00:10:00"}}
+""")
+    plan = plan_sweep(recipe)
+    [(point, job)] = submit_sweep(plan, "slurm")
+    run_dir = plan.run_dir(point)
+    _wait_for_steps(run_dir, 2)
+    subprocess.run(["scancel", "--signal=USR1", str(job.job_id)], check=True, capture_output=True)
+    assert wait_for([(point, job)]) == {point.name: "done"}, job.paths.stdout.read_text()[-3000:]
+    out = job.paths.stdout.read_text() + job.paths.stderr.read_text()
+    assert "requeueing through submitit" in out
+    assert [row["step"] for row in read_metrics(run_dir)] == list(range(1, steps + 1))
+    assert (run_dir / ".sweep_done").is_file()

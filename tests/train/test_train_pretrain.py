@@ -237,3 +237,80 @@ def test_train_bad_input_exits_2_naming_the_problem(echolab_shards, tmp_path):
     assert r.returncode == 2 and "huge" in r.stderr
     r = run(f"data.shards={echolab_shards}", "optim.learning_rate=1", f"run_dir={tmp_path / 'r4'}")
     assert r.returncode == 2 and "optim.learning_rate" in r.stderr and "valid keys here: lr," in r.stderr
+
+
+def _wait_for_step(run: Path, p: subprocess.Popen, at_least: int, log: Path) -> int:
+    deadline = time.time() + 240
+    while max(losses(run), default=0) < at_least:
+        assert p.poll() is None, f"the run ended before step {at_least}:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, "the run made no progress"
+        time.sleep(0.01)
+    return max(losses(run))
+
+
+def test_train_sigterm_saves_after_the_step_exits_75_and_resumes_exactly(reference_run, echolab_shards, tmp_path):
+    """A real SIGTERM mid-run: the step finishes, a resume checkpoint appears (between the
+    periodic ones), the exit code asks for a requeue, and the rerun continues the same losses."""
+    from echo_nemo.preempt import EXIT_REQUEUE
+
+    run = tmp_path / "preempted"
+    args = overrides(echolab_shards, run)
+    log = tmp_path / "first.log"
+    p = _popen_pretrain(args, log)
+    signalled_after = _wait_for_step(run, p, 10, log)
+    p.send_signal(signal.SIGTERM)  # the process itself, as SLURM signals each task
+    assert p.wait(timeout=120) == EXIT_REQUEUE, log.read_text()[-3000:]
+    out = log.read_text()
+    assert "caught SIGTERM" in out and "[checkpoint] saved" in out
+    stopped = read_meta(latest_checkpoint(run))["step"]
+    # at most the step in flight was finished: nothing after it, and nothing lost
+    assert signalled_after <= stopped <= signalled_after + 1 and stopped < STEPS, (signalled_after, stopped)
+    assert max(losses(run)) == stopped
+    assert stopped in [s for s, _ in complete_checkpoints(run)]
+
+    r = cli("pretrain", RECIPE, *args)
+    assert f"steps {stopped}->{STEPS}" in r.stdout
+    ref, got = losses(reference_run), losses(run)
+    assert sorted(got) == sorted(ref)
+    for s in ref:
+        assert abs(got[s] - ref[s]) <= 1e-6, (s, got[s], ref[s])
+    # the resume checkpoint was pruned like a periodic one; the kept step 8 stayed
+    assert [s for s, _ in complete_checkpoints(run)] == [8, 32, 40]
+
+
+def test_train_usr1_to_one_rank_stops_every_rank_at_the_same_step(tp2_run, echolab_shards, tmp_path):
+    """Two ranks (TP=2) started as srun starts them; USR1 reaches only rank 1: both agree
+    (all-reduce) to stop after the same step, save one checkpoint, exit 75; the resumed
+    run matches the uninterrupted TP=2 run."""
+    from echo_nemo.preempt import EXIT_REQUEUE
+
+    run = tmp_path / "tp2_preempted"
+    args = overrides(echolab_shards, run, "parallel.tp=2")
+    port = free_port()
+    procs, logs = [], []
+    for rank in range(2):
+        logs.append(tmp_path / f"rank{rank}.log")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen([sys.executable, "-m", "echo_nemo.cli", "pretrain", RECIPE, *args], cwd=REPO,
+                                      stdout=open(logs[-1], "w"), stderr=subprocess.STDOUT, env=env))
+    try:
+        signalled_after = _wait_for_step(run, procs[0], 10, logs[0])
+        procs[1].send_signal(signal.SIGUSR1)
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [EXIT_REQUEUE, EXIT_REQUEUE], [lg.read_text()[-2000:] for lg in logs]
+    assert "caught SIGUSR1" in logs[1].read_text() and "caught SIGUSR1" not in logs[0].read_text()
+    stopped = read_meta(latest_checkpoint(run))["step"]
+    assert signalled_after <= stopped < STEPS and max(losses(run)) == stopped
+    assert read_meta(latest_checkpoint(run))["layout"]["world_size"] == 2  # both ranks wrote their part
+
+    r = cli("pretrain", RECIPE, *args, nproc=2)
+    assert f"steps {stopped}->{STEPS}" in r.stdout
+    ref, got = losses(tp2_run), losses(run)
+    assert sorted(got) == sorted(ref)
+    for s in ref:
+        assert abs(got[s] - ref[s]) <= 1e-6, (s, got[s], ref[s])
