@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from shared_helpers import shared_texts
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
@@ -18,18 +19,6 @@ def shared_data() -> Path:
     """../shared/data beside the checkout (CI always has it)."""
     assert SHARED_DATA.is_dir(), f"expected the shared data folder at {SHARED_DATA}"
     return SHARED_DATA
-
-
-def shared_texts(data: Path = SHARED_DATA) -> list[str]:
-    """Every string field of every row of the shared data files, a row's fields joined by
-    blank lines: ~11 MB of math text (GSM8K, MATH-500, AIME, OpenMathInstruct, TinyGSM)."""
-    from echo_nemo.data.streams import RowSource
-
-    texts = []
-    for p in sorted(data.rglob("*")):
-        if p.is_file() and p.suffix in (".jsonl", ".test", ".json"):
-            texts += ["\n\n".join(v for v in row.values() if isinstance(v, str)) for _, row in RowSource(p.name, [p]).rows()]
-    return texts
 
 
 @pytest.fixture(scope="session")

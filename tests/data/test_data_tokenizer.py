@@ -77,7 +77,7 @@ def test_cli_train_and_missing_tokenizer(cli, tmp_path):
 
 # ----------------------------------------------------------------------------- the study's tokenizer
 def test_32k_test_tokenizer_round_trips_the_shared_data(tokenizer_32k, shared_data):
-    from conftest import shared_texts
+    from shared_helpers import shared_texts
 
     tok = load_tokenizer(tokenizer_32k)
     assert (tok.vocab_size, tok.eos_id, tok.token_to_id("<s>")) == (32000, 2, 1)
