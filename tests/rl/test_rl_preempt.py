@@ -46,9 +46,6 @@ def test_rl_sigterm_saves_exits_75_and_the_rerun_continues_exactly(tmp_path):
     log_spaced = C.log_spaced_steps(STEPS, 3)
     assert [s for s, _ in C.complete_checkpoints(full)] == log_spaced == [1, 8]
     assert all(C.read_meta(p)["keep"] for _, p in C.complete_checkpoints(full))
-    full_log = (tmp_path / "full.log").read_text()
-    assert "rl eval echolab greedy" in full_log and "3/3" in full_log  # the in-loop eval's bar, in problems
-    assert "[checkpoint] saved" in full_log
 
     run = tmp_path / "run"
     log = tmp_path / "first.log"
