@@ -74,16 +74,20 @@ async def _read_json(request: Request) -> dict:
     return data
 
 
-def _string_list(data: dict, key: str) -> list[str]:
+def _list_field(data: dict, key: str, items: str) -> list:
+    """data[key], checked to be a list of at most MAX_ITEMS (`items` names what it holds)."""
     if key not in data:
-        raise BadRequest(422, f"missing field {key!r} (a list of strings)")
+        raise BadRequest(422, f"missing field {key!r} (a list of {items})")
     value = data[key]
     if not isinstance(value, list):
-        raise BadRequest(
-            422, f"field {key!r} must be a list of strings, got {type(value).__name__}"
-        )
+        raise BadRequest(422, f"field {key!r} must be a list of {items}, got {type(value).__name__}")
     if len(value) > MAX_ITEMS:
         raise BadRequest(413, f"field {key!r} has {len(value)} items; the limit is {MAX_ITEMS}")
+    return value
+
+
+def _string_list(data: dict, key: str) -> list[str]:
+    value = _list_field(data, key, "strings")
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise BadRequest(422, f"{key}[{i}] must be a string, got {type(item).__name__}")
@@ -96,15 +100,7 @@ def _string_list(data: dict, key: str) -> list[str]:
 
 def _truth_list(data: dict, key: str) -> list:
     """Ground truths: a list whose items are read per item (strings, numbers; others error)."""
-    if key not in data:
-        raise BadRequest(422, f"missing field {key!r} (a list of strings or numbers)")
-    value = data[key]
-    if not isinstance(value, list):
-        raise BadRequest(
-            422, f"field {key!r} must be a list of strings or numbers, got {type(value).__name__}"
-        )
-    if len(value) > MAX_ITEMS:
-        raise BadRequest(413, f"field {key!r} has {len(value)} items; the limit is {MAX_ITEMS}")
+    value = _list_field(data, key, "strings or numbers")
     for i, item in enumerate(value):
         if isinstance(item, str) and len(item) > MAX_ITEM_CHARS:
             raise BadRequest(
