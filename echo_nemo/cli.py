@@ -31,6 +31,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("export", "echo_nemo.export.cli"),
     ("import", "echo_nemo.export.cli_import"),
     ("sweep", "echo_nemo.launch.cli"),
+    ("study", "echo_nemo.study.cli"),
 ]
 
 

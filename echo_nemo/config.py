@@ -42,6 +42,7 @@ RECIPE_SCHEMAS: dict[str, str] = {
     "rl": "echo_nemo.rl.config:RLConfig",
     "eval": "echo_nemo.eval.config:EvalConfig",
     "sweeps": "echo_nemo.launch.config:SweepConfig",
+    "study": "echo_nemo.study.config:StudyConfig",
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -33,6 +33,8 @@ SCALES: dict[str, Scale] = {
     for s in [
         Scale("debug", d_model=64, layers=2, heads=4, seq_length=128),
         Scale("tiny", d_model=128, layers=4, heads=4, seq_length=256),
+        # a second CPU size for the echo-lab scale finding (~2.8M params, ECHOLAB.md timed ~6,500 tokens/s)
+        Scale("small", d_model=160, layers=6, heads=5, seq_length=256),
         Scale("150m", d_model=768, layers=12, heads=12, seq_length=2048),
         Scale("300m", d_model=1024, layers=14, heads=16, seq_length=2048),
         Scale("500m", d_model=1536, layers=12, heads=12, seq_length=2048),

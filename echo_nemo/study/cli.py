@@ -1,0 +1,52 @@
+"""`echo-nemo study RECIPE [--only f1,f3] [--seeds N] [--budget smoke|full] [--cluster local|slurm|debug]
+[--dry-run] [k=v ...]`: plan, run and report a whole study (recipes/study/*.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+
+from echo_nemo.launch.config import CLUSTERS
+
+
+def _run(args: argparse.Namespace) -> int:
+    from echo_nemo.launch.submit import is_done
+    from echo_nemo.study.plan import describe, load_study, plan_study, write_plan
+
+    only = [f.strip() for f in args.only.split(",") if f.strip()] if args.only else None
+    cfg = load_study(args.recipe, args.overrides, only=only, seeds=args.seeds, budget=args.budget)
+    plan = plan_study(cfg, args.out)
+    done = {r.key for r in plan.runs if is_done(r.run_dir)}
+    print(describe(plan, done))
+    if args.dry_run:
+        return 0
+    from echo_nemo.study.run import run_study
+
+    write_plan(plan)
+    progress = run_study(plan, args.cluster)
+    if progress.failed:
+        print(f"[study] {len(progress.failed)} run(s) failed or skipped; logs under {plan.study_dir / 'logs'}; "
+              "run the same command again to retry them (finished runs are kept)")
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "study",
+        help="run the study's findings: shared pretrainings, RL factor x seed, evals, report with verdicts",
+        description="Plan a study recipe (recipes/study/*.yaml) into data builds, pretrainings (each run once "
+        "and shared), RL runs (factor level x seed) and evals; run them stage by stage through the sweep "
+        "machinery (finished runs are skipped, so an interrupted study resumes) and write a report with a "
+        "figure and a verdict per finding.",
+    )
+    p.add_argument("recipe", help="recipes/study/<study>.yaml")
+    p.add_argument("overrides", nargs="*", metavar="k=v", help="dotted overrides of the study recipe")
+    p.add_argument("--only", default=None, metavar="F1,F2", help="only these findings (e.g. f1,f4)")
+    p.add_argument("--seeds", type=int, default=None, help="RL seeds per level (default: the recipe's)")
+    p.add_argument("--budget", default=None, help="a budget of the recipe, e.g. smoke or full (default: the recipe's)")
+    p.add_argument("--cluster", choices=list(CLUSTERS), default="local",
+                   help="local: processes on this machine; slurm: one job array per stage; debug: in this process")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="parent of the study folder (default: the recipe's out_dir); the folder is DIR/NAME/BUDGET")
+    p.add_argument("--dry-run", action="store_true", help="print every run and its command line, run nothing")
+    p.set_defaults(func=_run)

@@ -1,0 +1,159 @@
+"""StudyConfig: the schema of recipes/study/*.yaml (a whole study: findings, their
+factors and levels, the pretrainings they share, budgets).
+
+    name: echolab
+    seeds: 3                                   # RL seeds 0..seeds-1 of every level
+    pretrain:                                  # each run once, shared by the findings naming it
+      base: {data: recipes/data/echo_tg_omi1_omi2.yaml, recipe: recipes/pretrain/tiny.yaml}
+    findings:
+      f4:
+        title: KL coefficient
+        claim: a larger KL keeps minority formats and keeps pass@k stable
+        factor: kl.coef
+        pretrain: base
+        rl_recipe: recipes/rl/grpo_echolab_tiny.yaml
+        levels: {"0": {rl: [kl.coef=0.0]}, "0.01": {rl: [kl.coef=0.01]}}
+        evals: [{recipe: recipes/eval/echolab_tiny_cpu.yaml, over_steps: true}]
+        verdict: kl
+    budgets:
+      smoke: {pretrain: [train.steps=40], rl: [steps=3], max_levels: 2}
+      full: {}
+
+A level may name its own pretraining (mixture and scale findings) and adds RL overrides
+to the finding's. Budget overrides come last, so `smoke` can shrink every run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from echo_nemo.errors import UserError
+
+STAGES = ("data", "pretrain", "rl", "eval")
+VERDICT_RULES = ("collapse", "scale", "mixture", "kl", "transfer", "algorithms")
+_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+@dataclass
+class Pretraining:
+    """One pretraining: a data build (recipes/data) and a pretrain run (recipes/pretrain)."""
+
+    data: str = ""
+    recipe: str = ""
+    data_overrides: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Level:
+    """One level of a finding's factor: RL overrides, and optionally its own pretraining."""
+
+    pretrain: str | None = None  # a name in the study's `pretrain:`; None = the finding's
+    rl_recipe: str | None = None  # None = the finding's
+    rl: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalSpec:
+    """An eval after RL: of the final checkpoint, or of every kept checkpoint (pass@k over steps)."""
+
+    recipe: str = ""
+    overrides: list[str] = field(default_factory=list)
+    over_steps: bool = False  # `echo-nemo eval --checkpoint RL_RUN --all-steps`
+    before: bool = False  # also evaluate the pretrained model (transfer: before / after)
+    label: str = ""  # run-dir name and report label; default eval<index>
+
+
+@dataclass
+class Finding:
+    title: str = ""
+    claim: str = ""  # the paper's claim, as the verdict table prints it
+    factor: str = ""  # what varies between levels (e.g. kl.coef, algorithm, mixture)
+    pretrain: str = "base"
+    rl_recipe: str = ""
+    rl: list[str] = field(default_factory=list)  # RL overrides of every level
+    levels: dict[str, Level] = field(default_factory=dict)
+    evals: list[EvalSpec] = field(default_factory=list)
+    verdict: str = "collapse"  # the rule that turns measures into a verdict (study.verdict)
+    benchmark: str = "echolab"  # the RL runs' held-out benchmark (acc/<benchmark>/pass@1)
+    notes: str = ""  # design notes: why these levels, what was tried
+
+
+@dataclass
+class StageMinutes:
+    """Expected minutes of one run of each stage (the progress view's first ETA)."""
+
+    data: float = 1.0
+    pretrain: float = 8.0
+    rl: float = 4.0
+    eval: float = 1.0
+
+
+@dataclass
+class Budget:
+    data: list[str] = field(default_factory=list)
+    pretrain: list[str] = field(default_factory=list)
+    rl: list[str] = field(default_factory=list)
+    eval: list[str] = field(default_factory=list)
+    max_levels: int = 0  # > 0: only the first N levels of every factor (plumbing budgets)
+    minutes: StageMinutes = field(default_factory=StageMinutes)
+
+
+@dataclass
+class StageResources:
+    """Where one stage's runs go: a cluster profile (slurm/profiles) and overrides of it."""
+
+    profile: str = "local"
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    description: str = ""
+    seeds: int = 3
+    out_dir: str = "runs/study"  # the study folder is out_dir/name
+    budget: str = "full"  # the default of --budget
+    pretrain: dict[str, Pretraining] = field(default_factory=dict)
+    findings: dict[str, Finding] = field(default_factory=dict)
+    budgets: dict[str, Budget] = field(default_factory=lambda: {"full": Budget()})
+    stages: dict[str, StageResources] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        where = f"study {self.name!r}"
+        if not _NAME.fullmatch(self.name):
+            raise UserError(f"{where}: name must use only letters, digits, '_', '.', '+', '-'")
+        if self.seeds < 1:
+            raise UserError(f"{where}: seeds must be >= 1, got {self.seeds}")
+        if not self.findings:
+            raise UserError(f"{where}: `findings` must list at least one finding")
+        if self.budget not in self.budgets:
+            raise UserError(f"{where}: budget {self.budget!r} is not in budgets ({', '.join(self.budgets)})")
+        for stage in self.stages:
+            if stage not in STAGES:
+                raise UserError(f"{where}: stages.{stage}: expected one of {', '.join(STAGES)}")
+        for name, p in self.pretrain.items():
+            if not (p.data and p.recipe):
+                raise UserError(f"{where}: pretrain.{name} needs `data` (recipes/data) and `recipe` (recipes/pretrain)")
+        for fid, f in self.findings.items():
+            fw = f"{where}, finding {fid}"
+            if not _NAME.fullmatch(fid):
+                raise UserError(f"{fw}: the finding's key must be a plain name (e.g. f1)")
+            if f.verdict not in VERDICT_RULES:
+                raise UserError(f"{fw}: verdict must be one of {', '.join(VERDICT_RULES)}, got {f.verdict!r}")
+            if not f.levels:
+                raise UserError(f"{fw}: `levels` must hold at least one level")
+            for label, level in f.levels.items():
+                if not _NAME.fullmatch(label):
+                    raise UserError(f"{fw}: level {label!r} must use only letters, digits, '_', '.', '+', '-'")
+                pre = level.pretrain or f.pretrain
+                if pre not in self.pretrain:
+                    raise UserError(f"{fw}, level {label}: pretraining {pre!r} is not in `pretrain:` "
+                                    f"({', '.join(self.pretrain) or 'none'})")
+                if not (level.rl_recipe or f.rl_recipe):
+                    raise UserError(f"{fw}, level {label}: no RL recipe (rl_recipe)")
+            for i, e in enumerate(f.evals):
+                if not e.recipe:
+                    raise UserError(f"{fw}: evals[{i}] needs a `recipe` (recipes/eval)")

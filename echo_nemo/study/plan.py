@@ -1,0 +1,233 @@
+"""Expand a study recipe into runs: data builds, pretrainings, RL runs, evals (pure, writes nothing).
+
+Every run is one `echo-nemo` command line with its own run dir under the study folder
+(`out_dir/name/budget`):
+
+    data/<data recipe>          one per distinct data build (recipe + overrides)
+    pretrain/<pretraining>      one per pretraining named in `pretrain:` that a planned level uses
+    rl/<finding>/<level>/seed-<s>    factor level x seed, model.init = its pretraining's run dir
+    eval/<finding>/<level>/seed-<s>/<label>   each of the finding's evals of that RL run
+    eval/pretrain/<pretraining>/<label>       evals marked `before: true`, of the pretrained model
+
+Runs are shared, never repeated: two findings that ask for the same RL run (same recipe,
+pretraining, overrides and seed; e.g. the collapse finding and the GRPO level of the
+algorithm finding) get one run, planned under the first finding's name; likewise data
+builds, pretrainings and evals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from echo_nemo.config import REPO_ROOT, load_recipe, schema_for_recipe, to_yaml
+from echo_nemo.errors import UserError
+from echo_nemo.launch.config import resolve_path
+from echo_nemo.study.config import STAGES, Budget, Finding, StudyConfig
+
+
+@dataclass
+class StudyRun:
+    stage: str  # data | pretrain | rl | eval
+    key: str  # path of its run dir relative to the study folder
+    argv: list[str]  # `echo-nemo ARGV`
+    run_dir: Path
+    after: list[str] = field(default_factory=list)  # keys of the runs it needs
+
+    def command(self) -> str:
+        return "echo-nemo " + shlex.join(_short(a) for a in self.argv)
+
+
+@dataclass
+class Member:
+    """One RL run of a finding's level (and its evals), as the report reads it."""
+
+    level: str
+    seed: int
+    rl: str  # run key
+    evals: dict[str, str] = field(default_factory=dict)  # label -> run key (after RL)
+    before: dict[str, str] = field(default_factory=dict)  # label -> run key (the pretrained model)
+
+
+@dataclass
+class StudyPlan:
+    cfg: StudyConfig
+    budget: str
+    study_dir: Path
+    runs: list[StudyRun]
+    members: dict[str, list[Member]]  # finding id -> its RL runs
+
+    def by_stage(self, stage: str) -> list[StudyRun]:
+        return [r for r in self.runs if r.stage == stage]
+
+    def to_dict(self) -> dict[str, Any]:
+        findings = {}
+        for fid, members in self.members.items():
+            f = self.cfg.findings[fid]
+            findings[fid] = {
+                "title": f.title, "claim": f.claim, "factor": f.factor, "verdict": f.verdict,
+                "benchmark": f.benchmark, "notes": f.notes, "levels": [m.level for m in members if m.seed == members[0].seed],
+                "members": [vars(m) for m in members],
+            }
+        return {
+            "name": self.cfg.name, "budget": self.budget, "study_dir": str(self.study_dir),
+            "seeds": self.cfg.seeds,
+            "runs": [{"stage": r.stage, "key": r.key, "argv": r.argv, "run_dir": str(r.run_dir), "after": r.after}
+                     for r in self.runs],
+            "findings": findings,
+        }
+
+
+def _short(arg: str) -> str:
+    """Paths inside the repository printed relative to it (dry-run readability)."""
+    root = str(REPO_ROOT) + os.sep
+    if root in arg:
+        return arg.replace(root, "")
+    return arg
+
+
+def _recipe(path: str, what: str) -> str:
+    p = resolve_path(path)
+    if not p.is_file():
+        raise UserError(f"study: {what} recipe {path!r} not found (looked for {p})")
+    return str(p.resolve())
+
+
+def load_study(recipe: str | os.PathLike, overrides: list[str] | None = None, only: list[str] | None = None,
+               seeds: int | None = None, budget: str | None = None) -> StudyConfig:
+    """The study recipe with `--only`, `--seeds` and `--budget` applied (validated)."""
+    cfg = load_recipe(StudyConfig, recipe, overrides)
+    if seeds is not None:
+        if seeds < 1:
+            raise UserError(f"--seeds must be >= 1, got {seeds}")
+        cfg.seeds = seeds
+    if budget is not None:
+        if budget not in cfg.budgets:
+            raise UserError(f"--budget {budget!r}: study {cfg.name!r} has budgets {', '.join(cfg.budgets)}")
+        cfg.budget = budget
+    if only:
+        unknown = [f for f in only if f not in cfg.findings]
+        if unknown:
+            raise UserError(f"--only {','.join(unknown)}: study {cfg.name!r} has findings {', '.join(cfg.findings)}")
+        cfg.findings = {fid: f for fid, f in cfg.findings.items() if fid in only}
+    return cfg
+
+
+def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, validate: bool = True) -> StudyPlan:
+    """Every run of the study in stage order (data, pretrain, rl, eval)."""
+    budget: Budget = cfg.budgets[cfg.budget]
+    study_dir = (resolve_path(str(out_dir) if out_dir else cfg.out_dir, Path.cwd()) / cfg.name / cfg.budget).resolve()
+    runs: dict[str, StudyRun] = {}
+    by_signature: dict[str, str] = {}
+
+    def add(stage: str, key: str, signature: Any, argv_of, after: list[str]) -> str:
+        sig = json.dumps([stage, signature])
+        if sig in by_signature:
+            return by_signature[sig]
+        if key in runs:  # same name, different content (e.g. one data recipe, two overrides)
+            key = f"{key}-{zlib.crc32(sig.encode()) % 16**6:06x}"
+        run_dir = study_dir / key
+        runs[key] = StudyRun(stage, key, argv_of(run_dir), run_dir, after)
+        by_signature[sig] = key
+        return key
+
+    def pretraining(name: str) -> str:
+        p = cfg.pretrain[name]
+        data_recipe = _recipe(p.data, f"pretrain.{name}.data")
+        data_over = [*p.data_overrides, *budget.data]
+        data_key = add("data", f"data/{Path(data_recipe).stem}", [data_recipe, data_over],
+                       lambda d: ["data", "build", data_recipe, *data_over, "--out", str(d)], [])
+        pre_recipe = _recipe(p.recipe, f"pretrain.{name}")
+        over = [*p.overrides, *budget.pretrain, f"data.shards={runs[data_key].run_dir}"]
+        return add("pretrain", f"pretrain/{name}", [pre_recipe, over],
+                   lambda d: ["pretrain", pre_recipe, *over, f"run_dir={d}"], [data_key])
+
+    def evaluation(key: str, spec_index: int, f: Finding, target: str) -> tuple[str, str]:
+        spec = f.evals[spec_index]
+        label = spec.label or f"eval{spec_index}"
+        recipe = _recipe(spec.recipe, f"finding eval {label}")
+        over = [*spec.overrides, *budget.eval]
+        target_dir = str(runs[target].run_dir)
+        steps = ["--all-steps"] if spec.over_steps else []
+        ev = add("eval", key, [recipe, over, target_dir, spec.over_steps],
+                 lambda d: ["eval", recipe, *over, "--checkpoint", target_dir, *steps, "--out", str(d),
+                            "--label", label], [target])
+        return label, ev
+
+    members: dict[str, list[Member]] = {}
+    for fid, f in cfg.findings.items():
+        levels = list(f.levels.items())
+        if budget.max_levels > 0:
+            levels = levels[: budget.max_levels]
+        members[fid] = []
+        for label, level in levels:
+            pre_name = level.pretrain or f.pretrain
+            pre_key = pretraining(pre_name)
+            rl_recipe = _recipe(level.rl_recipe or f.rl_recipe, f"finding {fid} RL")
+            before: dict[str, str] = {}
+            for i, spec in enumerate(f.evals):
+                if spec.before:
+                    lbl, ev = evaluation(f"eval/pretrain/{pre_name}/{spec.label or f'eval{i}'}", i, f, pre_key)
+                    before[lbl] = ev
+            for seed in range(cfg.seeds):
+                over = [*f.rl, *level.rl, *budget.rl, f"model.init={runs[pre_key].run_dir}", f"seed={seed}"]
+                rl_key = add("rl", f"rl/{fid}/{label}/seed-{seed}", [rl_recipe, over],
+                             lambda d, r=rl_recipe, o=over: ["rl", r, *o, f"run_dir={d}"], [pre_key])
+                m = Member(label, seed, rl_key, before=dict(before))
+                for i, spec in enumerate(f.evals):
+                    lbl = spec.label or f"eval{i}"
+                    m.evals[lbl] = evaluation(f"eval/{fid}/{label}/seed-{seed}/{lbl}", i, f, rl_key)[1]
+                members[fid].append(m)
+    ordered = [r for stage in STAGES for r in runs.values() if r.stage == stage]
+    plan = StudyPlan(cfg, cfg.budget, study_dir, ordered, members)
+    if validate:
+        validate_runs(plan)
+    return plan
+
+
+def validate_runs(plan: StudyPlan) -> None:
+    """Load every run's recipe with its overrides through the command's own schema, so a typo
+    in a level's override fails before the study starts (as `sweep` does for its points)."""
+    for r in plan.runs:
+        recipe, overrides = r.argv[2 if r.stage == "data" else 1], []
+        for arg in r.argv[3 if r.stage == "data" else 2 :]:
+            if arg.startswith("--"):
+                break
+            overrides.append(arg)
+        try:
+            load_recipe(schema_for_recipe(recipe), recipe, overrides)
+        except UserError as e:
+            raise UserError(f"study {plan.cfg.name!r}, run {r.key}: {e}") from None
+
+
+def write_plan(plan: StudyPlan) -> Path:
+    """study.yaml (resolved) and plan.json (every run and each finding's members) in the study folder."""
+    plan.study_dir.mkdir(parents=True, exist_ok=True)
+    (plan.study_dir / "study.yaml").write_text(to_yaml(plan.cfg))
+    tmp = plan.study_dir / "plan.json.tmp"
+    tmp.write_text(json.dumps(plan.to_dict(), indent=1))
+    os.replace(tmp, plan.study_dir / "plan.json")
+    return plan.study_dir / "plan.json"
+
+
+def describe(plan: StudyPlan, done: set[str]) -> str:
+    """The plan as text: counts per stage, then every run with its state and command line."""
+    lines = [f"study {plan.cfg.name} (budget {plan.budget}, {plan.cfg.seeds} seed(s)): "
+             f"{len(plan.runs)} runs, {len(done)} done; folder {plan.study_dir}"]
+    for fid, members in plan.members.items():
+        f = plan.cfg.findings[fid]
+        levels = list(dict.fromkeys(m.level for m in members))
+        shared = sum(not m.rl.startswith(f"rl/{fid}/") for m in members)
+        lines.append(f"  {fid} {f.title}: {f.factor} in {levels} x {plan.cfg.seeds} seed(s) = {len(members)} RL "
+                     f"run(s)" + (f", {shared} shared with an earlier finding" if shared else ""))
+    for stage in STAGES:
+        stage_runs = plan.by_stage(stage)
+        lines.append(f"[{stage}] {len(stage_runs)} run(s), {sum(r.key in done for r in stage_runs)} done")
+        for r in stage_runs:
+            lines.append(f"  {'done' if r.key in done else 'todo':4s} {r.key}\n       {r.command()}")
+    return "\n".join(lines)

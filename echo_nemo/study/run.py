@@ -1,0 +1,137 @@
+"""Run a planned study through the sweep machinery (echo_nemo.launch.submit), stage by stage.
+
+    for stage in data, pretrain, rl, eval:
+        skip runs already done (their `.sweep_done` marker) and runs whose input failed
+        submit the rest (one submitit executor per stage: its profile and resources)
+        wait for each, printing progress: runs done / total, elapsed, ETA
+    write the report (echo_nemo.report.study)
+
+A stage starts when the one before it has finished (a barrier; simple and right on one
+machine, and on SLURM it costs only the queue wait between stages). Every run is
+`launch.submit.PointJob`, so a finished run is never redone and an interrupted study
+continues where it stopped when run again (each command also resumes from its checkpoints).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from echo_nemo.launch.config import load_profile
+from echo_nemo.launch.submit import LOG_DIR, PointJob, is_done, make_executor
+from echo_nemo.study.config import STAGES
+from echo_nemo.study.plan import StudyPlan, StudyRun
+
+
+def eta_seconds(remaining_est_min: float, done_est_min: float, done_actual_s: float) -> float:
+    """Seconds left: the recipe's estimate of the remaining runs, scaled by how fast the runs
+    finished so far went against their own estimate:
+
+        eta = remaining_est * 60 * (done_actual_s / (done_est * 60))   (no run done yet: ratio 1)
+    """
+    ratio = done_actual_s / (done_est_min * 60) if done_est_min > 0 and done_actual_s > 0 else 1.0
+    return remaining_est_min * 60 * ratio
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+@dataclass
+class Progress:
+    """Runs done / total and an ETA, printed after every finished run."""
+
+    plan: StudyPlan
+    done: set[str] = field(default_factory=set)
+    failed: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    done_est_min: float = 0.0  # estimates of the runs finished in this invocation
+    done_actual_s: float = 0.0
+    echo: Callable[[str], None] = print
+
+    def estimate(self, run: StudyRun) -> float:
+        return float(getattr(self.plan.cfg.budgets[self.plan.budget].minutes, run.stage))
+
+    def line(self) -> str:
+        total = len(self.plan.runs)
+        left = [r for r in self.plan.runs if r.key not in self.done and r.key not in self.failed]
+        eta = eta_seconds(sum(self.estimate(r) for r in left), self.done_est_min, self.done_actual_s)
+        stages = " ".join(f"{s} {sum(r.key in self.done for r in self.plan.by_stage(s))}/{len(self.plan.by_stage(s))}"
+                          for s in STAGES if self.plan.by_stage(s))
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        return (f"[study] {len(self.done)}/{total} runs done{failed} ({stages}) · "
+                f"elapsed {_clock(time.perf_counter() - self.started)} · ETA {_clock(eta)}")
+
+    def finished(self, run: StudyRun, outcome: str, took_s: float) -> None:
+        if outcome == "done":
+            self.done.add(run.key)
+            self.done_est_min += self.estimate(run)
+            self.done_actual_s += took_s
+        else:
+            self.failed[run.key] = outcome
+        self.echo(f"[study] {outcome:4s} {run.key} ({_clock(took_s)})" if outcome == "done"
+                  else f"[study] FAILED {run.key}: {outcome}")
+        self.echo(self.line())
+
+
+def _outcome(job) -> str:
+    try:
+        job.result()
+        return "done"
+    except Exception as e:  # the run's traceback is in its log under logs/<stage>/
+        text = str(e).strip()
+        return f"failed: {text.splitlines()[-1] if text else type(e).__name__}"
+
+
+def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> None:
+    """Submit the stage's runs still to do and wait for them (see the module docstring)."""
+    todo = []
+    for run in plan.by_stage(stage):
+        if run.key in progress.done:
+            continue
+        blocked = [k for k in run.after if k not in progress.done]
+        if blocked:
+            progress.finished(run, f"skipped: needs {', '.join(blocked)}", 0.0)
+            continue
+        todo.append(run)
+    if not todo:
+        return
+    res = plan.cfg.stages.get(stage)
+    profile = load_profile(res.profile if res else "local", res.resources if res else None)
+    folder = plan.study_dir / LOG_DIR / stage / "%j"
+    ex = make_executor(cluster, profile, folder, f"echo-{plan.cfg.name}-{stage}")
+    jobs = [(r, PointJob(r.argv, str(r.run_dir))) for r in todo]
+    progress.echo(f"[study] stage {stage}: {len(todo)} run(s) to do ({cluster})")
+    if cluster == "slurm":  # one job array per stage; SLURM runs what fits
+        t0 = time.perf_counter()
+        with ex.batch():
+            submitted = [(r, ex.submit(fn)) for r, fn in jobs]
+        for r, job in submitted:
+            progress.finished(r, _outcome(job), time.perf_counter() - t0)
+        return
+    width = profile.array_parallelism if cluster == "local" else 1
+    for start in range(0, len(jobs), width):
+        t0 = time.perf_counter()
+        wave = [(r, ex.submit(fn)) for r, fn in jobs[start : start + width]]
+        for r, job in wave:
+            progress.finished(r, _outcome(job), time.perf_counter() - t0)
+
+
+def run_study(plan: StudyPlan, cluster: str, echo: Callable[[str], None] = print) -> Progress:
+    """Every stage in order, then the report; returns the progress record (done / failed)."""
+    from echo_nemo.report.study import build_study_report
+
+    progress = Progress(plan, done={r.key for r in plan.runs if is_done(r.run_dir)}, echo=echo)
+    if progress.done:
+        echo(f"[study] resuming: {len(progress.done)} run(s) already done are skipped")
+    echo(progress.line())
+    for stage in STAGES:
+        run_stage(plan, stage, cluster, progress)
+    index = build_study_report(plan.study_dir, plan.study_dir / "report")
+    echo(f"[study] report: {index}")
+    return progress
+
