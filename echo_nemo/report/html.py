@@ -158,7 +158,7 @@ def summary_rows(runs: list[Run]) -> list[dict[str, Any]]:
     return table
 
 
-def _table_html(rows: list[dict[str, Any]]) -> str:
+def table_html(rows: list[dict[str, Any]]) -> str:
     cols: list[str] = []
     for r in rows:
         cols += [c for c in r if c not in cols]
@@ -203,30 +203,16 @@ def draw_plots(runs: list[Run], out_dir: Path) -> list[tuple[str, Path]]:
     return [(cap, p) for cap, p in figures if p is not None]
 
 
-def build_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, title: str = "echo-nemo report") -> Path:
-    """Write the PNGs and a self-contained index.html into out_dir; returns the HTML path."""
-    runs = collect_runs(paths)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = draw_plots(runs, out)
-    parts = [
-        f"<h1>{html.escape(title)}</h1>",
-        "<p>Runs: " + ", ".join(html.escape(str(r.path)) for r in runs) + "</p>",
-        "<h2>Summary</h2>", _table_html(summary_rows(runs)),
-        "<h2>Plots</h2>",
-    ]
-    for caption, png in figures:
-        data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(
-            f'<figure><img alt="{html.escape(png.name)}" src="data:image/png;base64,{data}">'
+def figure_html(caption: str, png: Path) -> str:
+    """A PNG embedded as a data URI (self-contained) with its caption and a link to the file."""
+    data = base64.b64encode(png.read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(png.name)}" src="data:image/png;base64,{data}">'
             f'<figcaption>{html.escape(caption)} (<a href="{html.escape(png.name)}">{html.escape(png.name)}</a>)'
-            "</figcaption></figure>"
-        )
-    parts.append("<h2>Resolved configs</h2>")
-    for run in runs:
-        if run.config_text:
-            parts.append(f"<details><summary>{html.escape(run.name)}/config.yaml</summary>"
-                         f"<pre>{html.escape(run.config_text)}</pre></details>")
+            "</figcaption></figure>")
+
+
+def write_page(out: Path, title: str, parts: list[str]) -> Path:
+    """out/index.html from HTML parts (written atomically); returns its path."""
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}img{max-width:100%}"
              "pre{background:#f6f6f6;padding:8px;font-size:12px}")
@@ -236,5 +222,27 @@ def build_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, tit
     tmp = index.with_suffix(".html.tmp")
     tmp.write_text(page)
     os.replace(tmp, index)
+    return index
+
+
+def build_report(paths: list[str | os.PathLike], out_dir: str | os.PathLike, title: str = "echo-nemo report") -> Path:
+    """Write the PNGs and a self-contained index.html into out_dir; returns the HTML path."""
+    runs = collect_runs(paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = draw_plots(runs, out)
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        "<p>Runs: " + ", ".join(html.escape(str(r.path)) for r in runs) + "</p>",
+        "<h2>Summary</h2>", table_html(summary_rows(runs)),
+        "<h2>Plots</h2>",
+    ]
+    parts += [figure_html(caption, png) for caption, png in figures]
+    parts.append("<h2>Resolved configs</h2>")
+    for run in runs:
+        if run.config_text:
+            parts.append(f"<details><summary>{html.escape(run.name)}/config.yaml</summary>"
+                         f"<pre>{html.escape(run.config_text)}</pre></details>")
+    index = write_page(out, title, parts)
     (out / "summary.json").write_text(json.dumps(summary_rows(runs), indent=2, default=str))
     return index

@@ -155,3 +155,98 @@ def plot_sweep(
         plt.close(fig)
         return None
     return _finish_step_axes(fig, ax, ylabel, title, path)
+
+
+# ----------------------------------------------------------------------------- study figures
+# One colour per factor level (a study's levels, not formats); the band is the seeds' min-max.
+LEVEL_COLORS = ["#d62728", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#1f77b4"]
+BAND_ALPHA = 0.25
+
+
+def level_color(index: int) -> str:
+    return LEVEL_COLORS[index % len(LEVEL_COLORS)]
+
+
+def seed_band(runs: Sequence[Sequence[dict[str, Any]]], key: str) -> tuple[list[int], list[float], list[float], list[float]]:
+    """(steps, mean, min, max) of `key` across runs (seeds), at every step any run logs it;
+    at each step over the runs that log it there."""
+    by_step: dict[int, list[float]] = {}
+    for rows in runs:
+        for s, v in zip(*series(rows, key)):
+            by_step.setdefault(s, []).append(v)
+    steps = sorted(by_step)
+    return (steps, [sum(by_step[s]) / len(by_step[s]) for s in steps],
+            [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps])
+
+
+def plot_level_bands(groups: dict[str, Sequence[Sequence[dict[str, Any]]]], panels: Sequence[tuple[str, str]],
+                     path: Path, title: str, ylabel: str, ylim: tuple[float, float] | None = (0, 1)) -> Path | None:
+    """One panel per (metric key, panel title); in each, one line per factor level (the mean
+    over its seeds) with a band from the seeds' min to max. None if nothing is logged."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 1.5, 3.8), squeeze=False)
+    drawn = 0
+    for ax, (key, panel_title) in zip(axes[0], panels):
+        for i, (label, runs) in enumerate(groups.items()):
+            steps, mean, lo, hi = seed_band(runs, key)
+            if not steps:
+                continue
+            color = level_color(i)
+            ax.plot(steps, mean, color=color, marker="o" if len(steps) < 20 else None, markersize=3,
+                    label=f"{label} (n={len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(steps, lo, hi, color=color, alpha=BAND_ALPHA, linewidth=0)
+            drawn += 1
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("RL step")
+        ax.set_title(panel_title, fontsize=10)
+        ax.grid(alpha=0.3)
+        if ylim:
+            ax.set_ylim(*ylim)
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0][0].set_ylabel(ylabel)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        if not handles:
+            handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", title="level (seeds)", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_level_bars(values: dict[str, dict[str, list[float]]], path: Path, title: str, ylabel: str,
+                    stacked: bool = False) -> Path | None:
+    """Per factor level, one bar per format: the mean over seeds, whiskers at the seeds' min
+    and max (stacked: the mean shares stacked, no whiskers). `values[level][format]` lists
+    the seeds' values. None if empty."""
+    import numpy as np
+
+    levels = [lv for lv, d in values.items() if any(d.values())]
+    if not levels:
+        return None
+    fmts = [f for f in FORMATS if any(values[lv].get(f) for lv in levels)]
+    fig, ax = plt.subplots(figsize=(1.6 * len(levels) + 4, 4))
+    x = np.arange(len(levels))
+    width = 0.8 / (1 if stacked else max(1, len(fmts)))
+    bottom = np.zeros(len(levels))
+    for j, f in enumerate(fmts):
+        seeds = [values[lv].get(f, []) for lv in levels]
+        mean = np.array([sum(v) / len(v) if v else 0.0 for v in seeds])
+        if stacked:
+            ax.bar(x, mean, width, bottom=bottom, color=FORMAT_COLORS[f], label=f)
+            bottom += mean
+            continue
+        lo = np.array([mean[i] - min(v) if v else 0.0 for i, v in enumerate(seeds)])
+        hi = np.array([max(v) - mean[i] if v else 0.0 for i, v in enumerate(seeds)])
+        ax.bar(x - 0.4 + width * (j + 0.5), mean, width, yerr=[lo, hi], capsize=3, color=FORMAT_COLORS[f], label=f)
+    ax.set_xticks(x, levels)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="format")
+    return _save(fig, path)

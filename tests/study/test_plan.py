@@ -1,0 +1,111 @@
+"""Planning a study: shared data and pretraining, factor level x seed, shared RL runs, evals;
+dry-run prints every run; a finished run is skipped when the study runs again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from study_helpers import REPO, write_study
+
+from echo_nemo.errors import UserError
+from echo_nemo.launch.submit import DONE_MARKER, is_done
+from echo_nemo.study.plan import load_study, plan_study, write_plan
+from echo_nemo.study.run import Progress, eta_seconds, run_stage
+
+
+def test_plan_shares_pretraining_and_expands_levels_by_seed(tmp_path):
+    plan = plan_study(load_study(write_study(tmp_path)), tmp_path / "out")
+    keys = {s: [r.key for r in plan.by_stage(s)] for s in ("data", "pretrain", "rl", "eval")}
+    assert keys["data"] == ["data/echo_tg_omi1_omi2", "data/echo_tg_omi1_4xomi2"]
+    assert keys["pretrain"] == ["pretrain/base", "pretrain/text4x"]  # base once, for f1, f3, f4, f6
+    # f1 3 + f3 2x3 + f4 3x3 + f6 ppo 3 (its grpo runs are f1's: same recipe, overrides, seed)
+    assert len(keys["rl"]) == 21 and len(keys["eval"]) == 9
+    assert [m.rl for m in plan.members["f6"] if m.level == "grpo"] == [f"rl/f1/grpo/seed-{s}" for s in range(3)]
+    assert [(m.level, m.seed) for m in plan.members["f4"]] == [(lv, s) for lv in ("0", "0.1", "1.0") for s in range(3)]
+    runs = {r.key: r for r in plan.runs}
+    base = str(plan.study_dir / "pretrain" / "base")
+    rl = runs["rl/f4/0.1/seed-2"]
+    assert rl.after == ["pretrain/base"]
+    assert rl.argv == ["rl", str(REPO / "recipes/rl/quickstart_smoke.yaml"), "eval_every=1", "kl.coef=0.1",
+                       f"model.init={base}", "seed=2", f"run_dir={plan.study_dir / 'rl/f4/0.1/seed-2'}"]
+    assert f"model.init={plan.study_dir / 'pretrain' / 'text4x'}" in runs["rl/f3/4x/seed-0"].argv
+    pre = runs["pretrain/text4x"]
+    assert f"data.shards={plan.study_dir / 'data' / 'echo_tg_omi1_4xomi2'}" in pre.argv and pre.after == [
+        "data/echo_tg_omi1_4xomi2"]
+    ev = runs["eval/f4/1.0/seed-0/steps"]
+    assert ev.after == ["rl/f4/1.0/seed-0"] and "--all-steps" in ev.argv
+    assert ev.argv[ev.argv.index("--checkpoint") + 1] == str(plan.study_dir / "rl/f4/1.0/seed-0")
+    assert plan.study_dir == (tmp_path / "out" / "mini" / "full").resolve()
+
+
+def test_only_seeds_and_budget_narrow_the_plan(tmp_path):
+    recipe = write_study(tmp_path)
+    plan = plan_study(load_study(recipe, only=["f4"], seeds=2, budget="smoke"), tmp_path)
+    assert [r.key for r in plan.by_stage("pretrain")] == ["pretrain/base"]
+    assert [r.key for r in plan.by_stage("rl")] == [f"rl/f4/{lv}/seed-{s}" for lv in ("0", "0.1") for s in (0, 1)]
+    assert all("steps=2" in r.argv for r in plan.by_stage("rl"))  # the budget's overrides come last
+    assert plan.study_dir.name == "smoke"
+    with pytest.raises(UserError, match="f9"):
+        load_study(recipe, only=["f9"])
+    with pytest.raises(UserError, match="budget 'huge'"):
+        load_study(recipe, budget="huge")
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("seeds: 3", "seedz: 3", "seedz"),  # unknown key
+    ("levels: {grpo: {}}", "levels: {grpo: {pretrain: nowhere}}", "pretraining 'nowhere'"),
+    ("rl: [eval_every=1]\n    levels: {grpo", "rl: [eval_every=1, rolout.temperature=0.5]\n    levels: {grpo",
+     "rolout.temperature"),  # a typo in an RL override: caught by the rl schema before anything runs
+])
+def test_bad_study_recipes_exit_2_naming_the_problem(tmp_path, cli, old, new, needle):
+    from study_helpers import STUDY
+
+    assert old in STUDY
+    text = STUDY.replace(old, new, 1)
+    recipe = write_study(tmp_path, text)
+    res = cli("study", str(recipe), "--dry-run", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_prints_every_run_and_writes_nothing(tmp_path, cli):
+    recipe = write_study(tmp_path)
+    res = cli("study", str(recipe), "--dry-run", "--only", "f1,f6", "--seeds", "2", "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "f6 algorithms: algorithm in ['grpo', 'ppo'] x 2 seed(s) = 4 RL run(s), 2 shared" in out
+    for key in ("data/echo_tg_omi1_omi2", "pretrain/base", "rl/f1/grpo/seed-0", "rl/f1/grpo/seed-1",
+                "rl/f6/ppo/seed-0", "rl/f6/ppo/seed-1"):
+        assert f"todo {key}\n" in out
+    assert "[rl] 4 run(s), 0 done" in out and "rl/f6/grpo" not in out
+    assert "echo-nemo rl recipes/rl/quickstart_smoke.yaml eval_every=1 algorithm=ppo model.init=" in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_finished_run_is_skipped_when_the_study_runs_again(tmp_path):
+    plan = plan_study(load_study(write_study(tmp_path), only=["f3"], seeds=1, budget="smoke"), tmp_path / "o")
+    write_plan(plan)
+    built, done_before = plan.by_stage("data")
+    done_before.run_dir.mkdir(parents=True)
+    (done_before.run_dir / DONE_MARKER).write_text("{}\n")  # finished earlier (its shards: not needed here)
+    lines: list[str] = []
+    progress = Progress(plan, done={r.key for r in plan.runs if is_done(r.run_dir)}, echo=lines.append)
+    run_stage(plan, "data", "debug", progress)
+    assert progress.done == {built.key, done_before.key} and not progress.failed
+    assert (built.run_dir / "manifest.json").is_file() and is_done(built.run_dir)
+    assert sorted(p.name for p in done_before.run_dir.iterdir()) == [DONE_MARKER]  # not rebuilt
+    assert any(line.startswith("[study] 2/") and "ETA" in line for line in lines)
+    stamp = (built.run_dir / DONE_MARKER).stat().st_mtime_ns
+    again: list[str] = []
+    progress = Progress(plan, done={r.key for r in plan.runs if is_done(r.run_dir)}, echo=again.append)
+    run_stage(plan, "data", "debug", progress)
+    assert again == [] and (built.run_dir / DONE_MARKER).stat().st_mtime_ns == stamp
+    assert json.loads((plan.study_dir / "plan.json").read_text())["findings"]["f3"]["levels"] == ["1x", "4x"]
+
+
+def test_eta_scales_the_estimate_by_the_pace_so_far():
+    assert eta_seconds(10, 0, 0) == 600  # nothing done yet: the recipe's estimate
+    assert eta_seconds(10, 4, 480) == 1200  # runs took twice their estimate
+    assert eta_seconds(0, 4, 100) == 0
