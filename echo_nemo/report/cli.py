@@ -18,6 +18,15 @@ def _run(args: argparse.Namespace) -> int:
     from echo_nemo.report.html import build_report
 
     out = Path(args.out) if args.out else _default_out(args.run_dirs)
+    if args.study:
+        from echo_nemo.errors import UserError
+        from echo_nemo.report.study import build_study_report
+
+        if len(args.run_dirs) != 1:
+            raise UserError("--study takes one study folder (the one holding plan.json)")
+        index = build_study_report(args.run_dirs[0], out)
+        print(f"report: {index}")
+        return 0
     index = build_report(args.run_dirs, out, title=args.title)
     pngs = sorted(p.name for p in out.glob("*.png"))
     print(f"report: {index} ({len(pngs)} plots)")
@@ -33,5 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or sweep folders")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report, or report/ beside several runs)")
+    p.add_argument("--study", action="store_true",
+                   help="RUN_DIR is a study folder (`echo-nemo study`): verdict table and a section per finding")
     p.add_argument("--title", default="echo-nemo report", help="title of the HTML page")
     p.set_defaults(func=_run)

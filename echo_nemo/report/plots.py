@@ -212,7 +212,7 @@ def plot_level_bands(groups: dict[str, Sequence[Sequence[dict[str, Any]]]], pane
             handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", title="level (seeds)", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 0.83, 1))
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -241,8 +241,9 @@ def plot_level_bars(values: dict[str, dict[str, list[float]]], path: Path, title
             ax.bar(x, mean, width, bottom=bottom, color=FORMAT_COLORS[f], label=f)
             bottom += mean
             continue
-        lo = np.array([mean[i] - min(v) if v else 0.0 for i, v in enumerate(seeds)])
-        hi = np.array([max(v) - mean[i] if v else 0.0 for i, v in enumerate(seeds)])
+        # clipped at 0: the mean of equal values can land an ulp outside them
+        lo = np.maximum(0, [mean[i] - min(v) if v else 0.0 for i, v in enumerate(seeds)])
+        hi = np.maximum(0, [max(v) - mean[i] if v else 0.0 for i, v in enumerate(seeds)])
         ax.bar(x - 0.4 + width * (j + 0.5), mean, width, yerr=[lo, hi], capsize=3, color=FORMAT_COLORS[f], label=f)
     ax.set_xticks(x, levels)
     ax.set_ylim(0, 1.05)

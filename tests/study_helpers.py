@@ -8,7 +8,7 @@ from pathlib import Path
 
 from echo_nemo.metrics import MetricsLogger
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 STUDY = f"""
 name: mini
