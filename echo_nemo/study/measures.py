@@ -46,14 +46,19 @@ def top_format(shares: dict[str, float]) -> tuple[str, float]:
 
 
 def final_top(rows: Rows, prefix: str = "") -> tuple[str | None, float | None]:
-    """The top format at the last logged step and its share; (None, None) if no shares."""
+    """The top format at the last logged step and its share; (None, None) if no shares,
+    (None, 0.0) if no generation there was in a solution format (all `other`)."""
     logged = share_rows(rows, prefix)
-    return top_format(logged[-1][1]) if logged else (None, None)
+    if not logged:
+        return None, None
+    fmt, share = top_format(logged[-1][1])
+    return (fmt, share) if share > 0 else (None, 0.0)
 
 
 def collapse_step(rows: Rows, prefix: str = "", threshold: float = COLLAPSE_SHARE) -> int | None:
     """The first logged step s with share_F(s') >= threshold at s and at every later logged
-    step s', where F is the top format at the last logged step; None if share_F(last) < threshold.
+    step s', where F is the top format at the last logged step; None if share_F(last) < threshold
+    (or is 0: no solution format at all).
 
     (Only F can hold >= 0.9 at the end, so F is the only candidate.)
     """
@@ -61,7 +66,7 @@ def collapse_step(rows: Rows, prefix: str = "", threshold: float = COLLAPSE_SHAR
     if not logged:
         return None
     fmt, share = top_format(logged[-1][1])
-    if share < threshold:
+    if share < threshold or share <= 0:
         return None
     step = logged[-1][0]
     for s, shares in reversed(logged):

@@ -219,7 +219,12 @@ def algorithms(levels: dict[str, list[Seed]]) -> Verdict:
 
 
 def judge(rule: str, levels: dict[str, list[Seed]], bench: str) -> Verdict:
-    """The verdict of a finding by its rule name (config.VERDICT_RULES)."""
+    """The verdict of a finding by its rule name (config.VERDICT_RULES). Runs with no output in
+    any solution format (e.g. a smoke budget's untrained model) measure nothing about formats."""
+    seeds = [s for v in levels.values() for s in v]
+    if rule != "transfer" and seeds and not any(s.measures.get("top_format") for s in seeds):
+        return Verdict(NOT_MEASURED, f"no generation in a solution format in any of the {len(seeds)} runs "
+                       "(all unclassifiable output)", _n(levels))
     if rule == "collapse":
         return collapse(levels)
     if rule == "scale":

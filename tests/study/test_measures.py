@@ -65,6 +65,8 @@ def test_collapse_on_greedy_shares_and_at_first_step(tmp_path):
     ])
     assert M.collapse_step(rows, prefix="eval/") == 1
     assert M.collapse_step(rows) is None and M.final_top(rows, "eval/") == ("text", 1.0)
+    rows = write_rows(tmp_path / "untrained", [rl_row(1, 0.0, 0.0, 0.0)])  # all `other`
+    assert M.final_top(rows) == (None, 0.0) and M.collapse_step(rows, threshold=0.0) is None
     assert M.collapse_step([]) is None and M.minority_share([]) is None and M.final_top([]) == (None, None)
 
 

@@ -1,0 +1,43 @@
+"""A smoke study end to end through the local executor: two findings (collapse, algorithms),
+two seeds, the echo-lab recipe's smoke budget (debug model, a few steps: plumbing, no effect):
+data -> shared pretraining -> RL (the GRPO runs shared by both findings) -> report with its
+verdict table; running it again redoes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from echo_nemo.launch.submit import is_done
+
+
+@pytest.mark.slow
+def test_smoke_study_runs_end_to_end_and_resumes(tmp_path, cli):
+    args = ["study", "recipes/study/echolab.yaml", "--budget", "smoke", "--only", "f1,f6", "--seeds", "2",
+            "--cluster", "local", "--out", str(tmp_path)]
+    res = cli(*args, env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    study = tmp_path / "echolab" / "smoke"
+    plan = json.loads((study / "plan.json").read_text())
+    rl = sorted(r["key"] for r in plan["runs"] if r["stage"] == "rl")
+    assert rl == ["rl/f1/grpo/seed-0", "rl/f1/grpo/seed-1", "rl/f6/ppo/seed-0", "rl/f6/ppo/seed-1"]
+    assert all(is_done(study / r["key"]) for r in plan["runs"])
+    assert "6/6 runs done (data 1/1 pretrain 1/1 rl 4/4)" in res.stdout and "ETA" in res.stdout
+    for key in rl:  # real RL runs: a row per step with format shares, the final greedy eval
+        rows = [json.loads(line) for line in (study / key / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        assert "format/llm_code/share" in rows[0] and "acc/echolab/pass@1" in rows[-1]
+    assert (study / "rl/f6/ppo/seed-0/config.yaml").read_text().count("algorithm: ppo") == 1
+
+    page = (study / "report" / "index.html").read_text()
+    verdicts = json.loads((study / "report" / "verdicts.json").read_text())
+    assert [v["finding"] for v in verdicts] == ["f1 collapse onto one format", "f6 algorithms"]
+    assert [v["runs"] for v in verdicts] == ["2/2", "4/4"] and all(v["seeds"] == 2 for v in verdicts)
+    assert all(v["verdict"] in ("holds", "does not hold", "mixed", "not measured") for v in verdicts)
+    assert "<h2>Verdicts</h2>" in page and page.count("<td>" + verdicts[1]["verdict"] + "</td>") >= 1
+    assert 'alt="f6_format_share.png"' in page and 'alt="f1_accuracy.png"' in page
+
+    again = cli(*args, env={"OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming: 6 run(s) already done are skipped" in again.stdout and "stage rl" not in again.stdout
