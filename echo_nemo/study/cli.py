@@ -17,9 +17,14 @@ def _run(args: argparse.Namespace) -> int:
     plan = plan_study(cfg, args.out)
     done = {r.key for r in plan.runs if is_done(r.run_dir)}
     print(describe(plan, done))
+    from echo_nemo.study.run import run_study, stage_profiles
+
+    for stage, prof in stage_profiles(plan).items():
+        print(f"resources per {stage} run ({args.cluster}): nodes={prof.nodes} gpus_per_node={prof.gpus_per_node} "
+              f"tasks_per_node={prof.ntasks_per_node} time={prof.time} partition={prof.partition} "
+              f"at once={prof.array_parallelism}")
     if args.dry_run:
         return 0
-    from echo_nemo.study.run import run_study
 
     write_plan(plan)
     progress = run_study(plan, args.cluster)

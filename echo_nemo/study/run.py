@@ -14,11 +14,15 @@ continues where it stopped when run again (each command also resumes from its ch
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from echo_nemo.launch.config import load_profile
+from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+from echo_nemo.errors import UserError
+from echo_nemo.launch.config import ClusterProfile, load_profile
 from echo_nemo.launch.submit import LOG_DIR, PointJob, is_done, make_executor
 from echo_nemo.study.config import STAGES
 from echo_nemo.study.plan import StudyPlan, StudyRun
@@ -100,16 +104,19 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
         todo.append(run)
     if not todo:
         return
-    res = plan.cfg.stages.get(stage)
-    profile = load_profile(res.profile if res else "local", res.resources if res else None)
+    profile = stage_profiles(plan)[stage]
     folder = plan.study_dir / LOG_DIR / stage / "%j"
     ex = make_executor(cluster, profile, folder, f"echo-{plan.cfg.name}-{stage}")
     jobs = [(r, PointJob(r.argv, str(r.run_dir))) for r in todo]
     progress.echo(f"[study] stage {stage}: {len(todo)} run(s) to do ({cluster})")
     if cluster == "slurm":  # one job array per stage; SLURM runs what fits
         t0 = time.perf_counter()
-        with ex.batch():
-            submitted = [(r, ex.submit(fn)) for r, fn in jobs]
+        try:
+            with ex.batch():
+                submitted = [(r, ex.submit(fn)) for r, fn in jobs]
+        except (FailedJobError, FailedSubmissionError) as e:
+            raise UserError(f"sbatch refused the study's {stage} stage: {str(e).strip().splitlines()[-1]} "
+                            "(is a SLURM controller reachable? --cluster local runs on this machine)") from None
         for r, job in submitted:
             progress.finished(r, _outcome(job), time.perf_counter() - t0)
         return
@@ -121,9 +128,22 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
             progress.finished(r, _outcome(job), time.perf_counter() - t0)
 
 
+def stage_profiles(plan: StudyPlan) -> dict[str, ClusterProfile]:
+    """Each stage's cluster profile with the study's resources applied (default: local)."""
+    out = {}
+    for stage in STAGES:
+        res = plan.cfg.stages.get(stage)
+        out[stage] = load_profile(res.profile if res else "local", res.resources if res else None)
+    return out
+
+
 def run_study(plan: StudyPlan, cluster: str, echo: Callable[[str], None] = print) -> Progress:
     """Every stage in order, then the report; returns the progress record (done / failed)."""
     from echo_nemo.report.study import build_study_report
+
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--cluster slurm needs `sbatch` on PATH (a SLURM login node, or slurm/local_cluster.sh "
+                        "start); use --cluster local to run on this machine")
 
     progress = Progress(plan, done={r.key for r in plan.runs if is_done(r.run_dir)}, echo=echo)
     if progress.done:

@@ -109,3 +109,22 @@ def test_eta_scales_the_estimate_by_the_pace_so_far():
     assert eta_seconds(10, 0, 0) == 600  # nothing done yet: the recipe's estimate
     assert eta_seconds(10, 4, 480) == 1200  # runs took twice their estimate
     assert eta_seconds(0, 4, 100) == 0
+
+
+def test_a_failed_run_skips_what_needs_it_and_the_report_is_still_written(tmp_path):
+    from echo_nemo.study.run import run_study
+
+    plan = plan_study(load_study(write_study(tmp_path), only=["f1"], seeds=2, budget="smoke"), tmp_path / "o")
+    write_plan(plan)
+    (data,) = plan.by_stage("data")
+    data.run_dir.mkdir(parents=True)
+    (data.run_dir / DONE_MARKER).write_text("{}\n")  # marked done, but holds no shards: pretraining fails
+    lines: list[str] = []
+    progress = run_study(plan, "debug", echo=lines.append)
+    assert set(progress.failed) == {"pretrain/base", "rl/f1/grpo/seed-0", "rl/f1/grpo/seed-1"}
+    assert progress.failed["rl/f1/grpo/seed-0"] == "skipped: needs pretrain/base"
+    assert progress.failed["pretrain/base"].startswith("failed: ")
+    assert not is_done(plan.study_dir / "pretrain" / "base")
+    assert any("FAILED pretrain/base" in line for line in lines)
+    verdicts = json.loads((plan.study_dir / "report" / "verdicts.json").read_text())
+    assert verdicts[0]["runs"] == "0/2" and verdicts[0]["verdict"] == "not measured"
