@@ -41,6 +41,15 @@ findings:
     levels: {{"0": {{rl: [kl.coef=0.0]}}, "0.1": {{rl: [kl.coef=0.1]}}, "1.0": {{rl: [kl.coef=1.0]}}}}
     evals: [{{recipe: {REPO}/recipes/eval/echolab_tiny_cpu.yaml, over_steps: true, label: steps}}]
     verdict: kl
+  f5:
+    title: transfer
+    claim: easy to hard
+    factor: rl data
+    rl_recipe: {REPO}/recipes/rl/quickstart_smoke.yaml
+    rl: [data.eval_limit=4]
+    levels: {{easy: {{}}}}
+    evals: [{{recipe: {REPO}/recipes/eval/echolab_tiny_cpu.yaml, before: true, label: hard}}]
+    verdict: transfer
   f6:
     title: algorithms
     claim: GRPO like PPO
@@ -89,3 +98,9 @@ def write_eval_over_steps(run_dir: Path, drop: float) -> None:
             {"step": 10, "acc/echolab/pass@1": 0.5, "acc/echolab/pass@8": 0.9, "acc/echolab/maj@8": 0.6},
             {"step": 20, "acc/echolab/pass@1": 0.6, "acc/echolab/pass@8": 0.9 - drop, "acc/echolab/maj@8": 0.7}]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_eval_results(run_dir: Path, pass1: float, bench: str = "echolab") -> None:
+    """An eval run's results.json (the fields the study report reads)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps({"benchmarks": {bench: {"pass@1": pass1, "problems": 10}}}))

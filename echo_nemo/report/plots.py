@@ -251,3 +251,28 @@ def plot_level_bars(values: dict[str, dict[str, list[float]]], path: Path, title
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="format")
     return _save(fig, path)
+
+
+def plot_before_after(values: dict[str, tuple[list[float], list[float]]], path: Path, title: str,
+                      ylabel: str) -> Path | None:
+    """Per factor level, a bar before and a bar after RL: the mean over seeds, whiskers at
+    their min and max. `values[level] = (before values, after values)`. None if empty."""
+    import numpy as np
+
+    levels = [lv for lv, (b, a) in values.items() if b or a]
+    if not levels:
+        return None
+    fig, ax = plt.subplots(figsize=(1.6 * len(levels) + 3.5, 4))
+    x = np.arange(len(levels))
+    for j, (name, color) in enumerate((("before RL", "#9b9b9b"), ("after RL", level_color(0)))):
+        seeds = [values[lv][j] for lv in levels]
+        mean = np.array([sum(v) / len(v) if v else 0.0 for v in seeds])
+        lo = np.maximum(0, [mean[i] - min(v) if v else 0.0 for i, v in enumerate(seeds)])
+        hi = np.maximum(0, [max(v) - mean[i] if v else 0.0 for i, v in enumerate(seeds)])
+        ax.bar(x - 0.2 + 0.4 * j, mean, 0.4, yerr=[lo, hi], capsize=3, color=color, label=name)
+    ax.set_xticks(x, levels)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)

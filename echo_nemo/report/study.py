@@ -27,7 +27,7 @@ from echo_nemo.metrics import read_metrics
 from echo_nemo.report import plots
 from echo_nemo.report.html import figure_html, table_html, write_page
 from echo_nemo.study.measures import SOLUTION_FORMATS, ks_logged, last_value, run_measures
-from echo_nemo.study.verdict import Seed, judge
+from echo_nemo.study.verdict import Seed, judge, pass1
 
 
 def load_plan(study_dir: Path) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def collect_finding(study_dir: Path, plan: dict[str, Any], fid: str) -> tuple[di
         rows_of.setdefault(m["level"], [])
         if not rows:
             continue
-        seed = Seed(m["seed"], run_measures(rows, f["benchmark"]))
+        seed = Seed(m["seed"], run_measures(rows, f["benchmark"], f.get("shares", "sampled")))
         for key in m["evals"].values():
             if key in over_steps:
                 seed.over_steps = read_metrics(study_dir / key)
@@ -79,10 +79,12 @@ def collect_finding(study_dir: Path, plan: dict[str, Any], fid: str) -> tuple[di
 def finding_figures(fid: str, f: dict[str, Any], levels: dict[str, list[Seed]], rows_of: dict[str, list],
                     out: Path) -> list[tuple[str, Path]]:
     bench = f["benchmark"]
+    greedy = f.get("shares") == "greedy"
+    prefix, what = ("eval/", "held-out greedy generations") if greedy else ("", "RL samples")
     figs: list[tuple[str, Path | None]] = [
-        (f"{fid}: format share of the RL samples over steps, by {f['factor']} (mean, band: min-max over seeds)",
-         plots.plot_level_bands(rows_of, [(f"format/{x}/share", x) for x in SOLUTION_FORMATS],
-                                out / f"{fid}_format_share.png", f"{fid} {f['title']}: format share", "share of samples")),
+        (f"{fid}: format share of the {what} over RL steps, by {f['factor']} (mean, band: min-max over seeds)",
+         plots.plot_level_bands(rows_of, [(f"{prefix}format/{x}/share", x) for x in SOLUTION_FORMATS],
+                                out / f"{fid}_format_share.png", f"{fid} {f['title']}: format share", f"share of {what}")),
         (f"{fid}: held-out greedy accuracy over RL steps, by {f['factor']}",
          plots.plot_level_bands(rows_of, [(f"acc/{bench}/pass@1", f"{bench} pass@1 (greedy)")],
                                 out / f"{fid}_accuracy.png", f"{fid}: accuracy", "accuracy")),
@@ -98,13 +100,19 @@ def finding_figures(fid: str, f: dict[str, Any], levels: dict[str, list[Seed]], 
         figs.append((f"{fid}: {b} pass@k over RL steps (every kept checkpoint evaluated)",
                      plots.plot_level_bands(evals, panels, out / f"{fid}_pass_at_k_{b}.png",
                                             f"{fid}: {b} over RL steps", "accuracy")))
-    acc = {lv: {x: [v for rows in runs if (v := last_value(rows, f"format/{x}/acc")) is not None]
+    if any(s.before for seeds in levels.values() for s in seeds):
+        pairs = {lv: ([v for s in seeds if (v := pass1(s.before, bench)) is not None],
+                      [v for s in seeds if (v := pass1(s.after, bench)) is not None]) for lv, seeds in levels.items()}
+        figs.append((f"{fid}: {bench} pass@1 of the pretrained model and after RL (whiskers: min-max over seeds)",
+                     plots.plot_before_after(pairs, out / f"{fid}_before_after_{bench}.png",
+                                             f"{fid}: {bench} before / after RL", "pass@1")))
+    acc = {lv: {x: [v for rows in runs if (v := last_value(rows, f"{prefix}format/{x}/acc")) is not None]
                 for x in SOLUTION_FORMATS} for lv, runs in rows_of.items()}
-    share = {lv: {x: [last_value(rows, f"format/{x}/share") or 0.0 for rows in runs] for x in SOLUTION_FORMATS}
+    share = {lv: {x: [last_value(rows, f"{prefix}format/{x}/share") or 0.0 for rows in runs] for x in SOLUTION_FORMATS}
              for lv, runs in rows_of.items()}
     figs.append((f"{fid}: accuracy within each format at the last RL step (bars: mean, whiskers: min-max over seeds)",
                  plots.plot_level_bars(acc, out / f"{fid}_format_acc.png", f"{fid}: per-format accuracy", "accuracy")))
-    figs.append((f"{fid}: final format shares of the RL samples per level (mean over seeds)",
+    figs.append((f"{fid}: final format shares of the {what} per level (mean over seeds)",
                  plots.plot_level_bars(share, out / f"{fid}_final_share.png", f"{fid}: final shares", "share",
                                        stacked=True)))
     return [(c, p) for c, p in figs if p is not None]
@@ -125,7 +133,8 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
                          "verdict": v.verdict})
         parts = [f"<h2 id='{html.escape(fid)}'>{html.escape(fid)}: {html.escape(f['title'])}</h2>",
                  f"<p><b>Claim:</b> {html.escape(f['claim'])}<br><b>Factor:</b> {html.escape(f['factor'])} in "
-                 f"{html.escape(', '.join(f['levels']))}; {finished} of {len(f['members'])} RL runs finished<br>"
+                 f"{html.escape(', '.join(f['levels']))}; {finished} of {len(f['members'])} RL runs finished; "
+                 f"format shares: {html.escape(f.get('shares', 'sampled'))}<br>"
                  f"<b>Verdict:</b> {html.escape(v.verdict)} ({html.escape(f['verdict'])} rule) — "
                  f"{html.escape(v.measured)}</p>"]
         if f.get("notes"):
@@ -135,7 +144,8 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
     title = f"echo-nemo study {plan['name']} ({plan['budget']})"
     page = [f"<h1>{html.escape(title)}</h1>",
             f"<p>Study folder: {html.escape(str(study_dir))}; {plan['seeds']} seed(s) per level; shares are of the "
-            "RL samples (the run's sampling temperature); accuracy is the held-out greedy pass@1 the RL run logs.</p>",
+            "RL samples (the run's sampling temperature) unless a finding says greedy (its held-out greedy eval); "
+            "accuracy is the held-out greedy pass@1 the RL run logs.</p>",
             "<h2>Verdicts</h2>", f"<div class='verdicts'>{table_html(verdicts)}</div>",
             "<p>Rules: echo_nemo/study/verdict.py (a rule of several parts holds when all measured parts do, "
             "does not hold when none do, else mixed).</p>", *sections]

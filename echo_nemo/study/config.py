@@ -78,6 +78,9 @@ class Finding:
     evals: list[EvalSpec] = field(default_factory=list)
     verdict: str = "collapse"  # the rule that turns measures into a verdict (study.verdict)
     benchmark: str = "echolab"  # the RL runs' held-out benchmark (acc/<benchmark>/pass@1)
+    # the format shares measured: "sampled" (the RL samples, every step, at the run's
+    # temperature) or "greedy" (the held-out greedy eval, every `eval_every` steps)
+    shares: str = "sampled"
     notes: str = ""  # design notes: why these levels, what was tried
 
 
@@ -143,6 +146,8 @@ class StudyConfig:
                 raise UserError(f"{fw}: the finding's key must be a plain name (e.g. f1)")
             if f.verdict not in VERDICT_RULES:
                 raise UserError(f"{fw}: verdict must be one of {', '.join(VERDICT_RULES)}, got {f.verdict!r}")
+            if f.shares not in ("sampled", "greedy"):
+                raise UserError(f"{fw}: shares must be sampled or greedy, got {f.shares!r}")
             if not f.levels:
                 raise UserError(f"{fw}: `levels` must hold at least one level")
             for label, level in f.levels.items():

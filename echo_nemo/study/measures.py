@@ -164,18 +164,20 @@ def spread(values: Sequence[float | None]) -> Spread:
     return Spread(len(xs), mean, sd, min(xs), max(xs))
 
 
-def run_measures(rows: Rows, bench: str) -> dict[str, Any]:
-    """Every per-run measure the verdicts use, from one RL run's rows."""
-    fmt, share = final_top(rows)
-    g_fmt, g_share = final_top(rows, "eval/")
+SHARES = {"sampled": "", "greedy": "eval/"}  # which shares a finding's measures read
+
+
+def run_measures(rows: Rows, bench: str, shares: str = "sampled") -> dict[str, Any]:
+    """Every per-run measure the verdicts use, from one RL run's rows; `shares`: the RL
+    samples' format shares (every step) or the held-out greedy ones (at each RL eval)."""
+    prefix = SHARES[shares]
+    fmt, share = final_top(rows, prefix)
     acc_key = f"acc/{bench}/pass@1"
     return {
-        "collapse_step": collapse_step(rows),
+        "collapse_step": collapse_step(rows, prefix),
         "top_format": fmt,
         "top_share": share,
-        "greedy_top_format": g_fmt,
-        "greedy_top_share": g_share,
-        "minority_share": minority_share(rows),
+        "minority_share": minority_share(rows, prefix),
         "gain_step": largest_gain_step(rows, acc_key),
         "acc_first": first_value(rows, acc_key),
         "acc_last": last_value(rows, acc_key),

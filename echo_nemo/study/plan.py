@@ -71,7 +71,7 @@ class StudyPlan:
             f = self.cfg.findings[fid]
             findings[fid] = {
                 "title": f.title, "claim": f.claim, "factor": f.factor, "verdict": f.verdict,
-                "benchmark": f.benchmark, "notes": f.notes, "levels": [m.level for m in members if m.seed == members[0].seed],
+                "benchmark": f.benchmark, "shares": f.shares, "notes": f.notes, "levels": [m.level for m in members if m.seed == members[0].seed],
                 "members": [vars(m) for m in members],
             }
         return {

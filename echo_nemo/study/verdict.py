@@ -171,7 +171,8 @@ def kl(levels: dict[str, list[Seed]], bench: str) -> Verdict:
     return Verdict(combine(parts), text, _n(levels))
 
 
-def _pass1(results: dict[str, Any] | None, bench: str) -> float | None:
+def pass1(results: dict[str, Any] | None, bench: str) -> float | None:
+    """`benchmarks.<bench>.pass@1` of an eval's results.json (None if absent)."""
     b = (results or {}).get("benchmarks", {}).get(bench) or {}
     v = b.get("pass@1")
     return float(v) if isinstance(v, int | float) else None
@@ -181,7 +182,7 @@ def transfer(levels: dict[str, list[Seed]], bench: str) -> Verdict:
     seeds = [s for v in levels.values() for s in v]
     gains, befores, afters = [], [], []
     for s in seeds:
-        b, a = _pass1(s.before, bench), _pass1(s.after, bench)
+        b, a = pass1(s.before, bench), pass1(s.after, bench)
         if b is not None and a is not None:
             gains.append(a - b)
             befores.append(b)

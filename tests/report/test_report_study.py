@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from study_helpers import write_eval_over_steps, write_rl_run, write_study
+from study_helpers import write_eval_over_steps, write_eval_results, write_rl_run, write_study
 
 from echo_nemo.report.plots import BAND_ALPHA, level_color
 from echo_nemo.report.study import build_study_report
@@ -18,6 +18,7 @@ from echo_nemo.study.plan import load_study, plan_study, write_plan
 DESIGN = {
     ("f1", "grpo"): ("llm_code", 0.5),
     ("f3", "1x"): ("llm_code", 0.5), ("f3", "4x"): ("text", 0.2),
+    ("f5", "easy"): ("llm_code", 0.5),
     ("f4", "0"): ("llm_code", 0.5), ("f4", "0.1"): ("llm_code", 0.3), ("f4", "1.0"): ("llm_code", 0.1),
     ("f6", "grpo"): ("llm_code", 0.5), ("f6", "ppo"): ("llm_code", 0.5),
 }
@@ -33,8 +34,13 @@ def make_study(tmp_path: Path, seeds: int) -> Path:
                 winner, speed = DESIGN[(fid, m.level)]
                 write_rl_run(plan.study_dir / m.rl, winner, speed, m.seed)
                 written.add(m.rl)
-            for key in m.evals.values():  # pass@8 falls late more at KL 0 than at KL 1
-                write_eval_over_steps(plan.study_dir / key, drop={"0": 0.2, "0.1": 0.1, "1.0": 0.0}[m.level])
+            for key in m.evals.values():
+                if fid == "f4":  # pass@8 falls late more at KL 0 than at KL 1
+                    write_eval_over_steps(plan.study_dir / key, drop={"0": 0.2, "0.1": 0.1, "1.0": 0.0}[m.level])
+                else:  # the hard set after RL: every seed above the pretrained model's 0.3
+                    write_eval_results(plan.study_dir / key, 0.35 + 0.05 * m.seed)
+            for key in m.before.values():
+                write_eval_results(plan.study_dir / key, 0.3)
     return plan.study_dir
 
 
@@ -58,6 +64,7 @@ def test_study_report_groups_by_level_draws_seed_bands_and_verdicts(tmp_path):
         "f1": "holds",          # every seed ends >= 0.9 llm_code, accuracy rises most while it takes over
         "f3": "holds",          # 4x text: text wins, accuracy lower than 1x
         "f4": "holds",          # minority share grows with KL, pass@8 falls less late
+        "f5": "holds",          # every seed above the pretrained model on the hard set
         "f6": "mixed",          # both collapse, but GRPO's seeds spread no more than PPO's
     }
     assert verdicts["f1"]["seeds"] == 3 and verdicts["f1"]["runs"] == "3/3"
@@ -67,11 +74,13 @@ def test_study_report_groups_by_level_draws_seed_bands_and_verdicts(tmp_path):
     assert kl.index("KL 0:") < kl.index("KL 0.1:") < kl.index("KL 1.0:") and "pass@k late drop 0.200" in kl
     # the verdict table is in the page, one row per finding, before the sections
     table = page[page.index("<h2>Verdicts</h2>"): page.index("</table>")]
-    assert table.count("<tr>") == 5 and "paper&#x27;s claim" in table and page.index("</table>") < page.index("<h2 id='f1'>")
-    assert table.count("<td>holds</td>") == 3 and table.count("<td>mixed</td>") == 1
-    for fid in ("f1", "f3", "f4", "f6"):
+    assert table.count("<tr>") == 6 and "paper&#x27;s claim" in table and page.index("</table>") < page.index("<h2 id='f1'>")
+    assert table.count("<td>holds</td>") == 4 and table.count("<td>mixed</td>") == 1
+    for fid in ("f1", "f3", "f4", "f5", "f6"):
         assert f"<h2 id='{fid}'>" in page
         assert f'alt="{fid}_format_share.png"' in page and f'alt="{fid}_final_share.png"' in page
+    assert "echolab pass@1 before 0.300 ± 0.000 (n=3) -> after 0.400 ± 0.050 (n=3)" in verdicts["f5"]["measured"]
+    assert 'alt="f5_before_after_echolab.png"' in page
     assert 'alt="f4_pass_at_k_echolab.png"' in page and 'alt="f1_pass_at_k_echolab.png"' not in page
     # grouped by the factor: its levels in recipe order
     assert "kl.coef in 0, 0.1, 1.0" in page

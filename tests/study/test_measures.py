@@ -64,6 +64,9 @@ def test_collapse_on_greedy_shares_and_at_first_step(tmp_path):
         {"step": 3, "eval/format/text/share": 1.0},
     ])
     assert M.collapse_step(rows, prefix="eval/") == 1
+    greedy, sampled = M.run_measures(rows, "echolab", "greedy"), M.run_measures(rows, "echolab")
+    assert (greedy["collapse_step"], greedy["top_format"], greedy["minority_share"]) == (1, "text", 0.0)
+    assert (sampled["collapse_step"], sampled["top_format"], sampled["top_share"]) == (None, "text", 0.2)
     assert M.collapse_step(rows) is None and M.final_top(rows, "eval/") == ("text", 1.0)
     rows = write_rows(tmp_path / "untrained", [rl_row(1, 0.0, 0.0, 0.0)])  # all `other`
     assert M.final_top(rows) == (None, 0.0) and M.collapse_step(rows, threshold=0.0) is None

@@ -19,8 +19,11 @@ def test_plan_shares_pretraining_and_expands_levels_by_seed(tmp_path):
     keys = {s: [r.key for r in plan.by_stage(s)] for s in ("data", "pretrain", "rl", "eval")}
     assert keys["data"] == ["data/echo_tg_omi1_omi2", "data/echo_tg_omi1_4xomi2"]
     assert keys["pretrain"] == ["pretrain/base", "pretrain/text4x"]  # base once, for f1, f3, f4, f6
-    # f1 3 + f3 2x3 + f4 3x3 + f6 ppo 3 (its grpo runs are f1's: same recipe, overrides, seed)
-    assert len(keys["rl"]) == 21 and len(keys["eval"]) == 9
+    # f1 3 + f3 2x3 + f4 3x3 + f5 3 + f6 ppo 3 (its grpo runs are f1's: same recipe, overrides, seed);
+    # evals: f4 3x3 over steps, f5 3 after RL + 1 of the pretrained model (shared by its seeds)
+    assert len(keys["rl"]) == 24 and len(keys["eval"]) == 13
+    assert "eval/pretrain/base/hard" in keys["eval"]
+    assert [m.before for m in plan.members["f5"]] == [{"hard": "eval/pretrain/base/hard"}] * 3
     assert [m.rl for m in plan.members["f6"] if m.level == "grpo"] == [f"rl/f1/grpo/seed-{s}" for s in range(3)]
     assert [(m.level, m.seed) for m in plan.members["f4"]] == [(lv, s) for lv in ("0", "0.1", "1.0") for s in range(3)]
     runs = {r.key: r for r in plan.runs}
