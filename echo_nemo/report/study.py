@@ -126,6 +126,8 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
     verdicts, sections = [], []
     for fid, f in plan["findings"].items():
         levels, rows_of = collect_finding(study_dir, plan, fid)
+        if fid not in plan.get("selected", plan["findings"]) and not any(levels.values()):
+            continue  # neither asked for this time nor run before (e.g. by an earlier --only)
         v = judge(f["verdict"], levels, f["benchmark"])
         finished = sum(len(s) for s in levels.values())
         verdicts.append({"finding": f"{fid} {f['title']}", "paper's claim": f["claim"],

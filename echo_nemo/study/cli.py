@@ -19,10 +19,11 @@ def _run(args: argparse.Namespace) -> int:
     print(describe(plan, done))
     from echo_nemo.study.run import run_study, stage_profiles
 
+    at_once = cfg.budgets[cfg.budget].at_once if args.cluster == "local" else 0
     for stage, prof in stage_profiles(plan).items():
         print(f"resources per {stage} run ({args.cluster}): nodes={prof.nodes} gpus_per_node={prof.gpus_per_node} "
               f"tasks_per_node={prof.ntasks_per_node} time={prof.time} partition={prof.partition} "
-              f"at once={prof.array_parallelism}")
+              f"at once={at_once or prof.array_parallelism}")
     if args.dry_run:
         return 0
 

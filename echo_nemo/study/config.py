@@ -101,6 +101,9 @@ class Budget:
     rl: list[str] = field(default_factory=list)
     eval: list[str] = field(default_factory=list)
     max_levels: int = 0  # > 0: only the first N levels of every factor (plumbing budgets)
+    # > 0: runs of a stage at once under --cluster local (instead of the profile's
+    # array_parallelism), each with OMP_NUM_THREADS = cores // at_once so they do not oversubscribe
+    at_once: int = 0
     minutes: StageMinutes = field(default_factory=StageMinutes)
 
 
@@ -119,6 +122,7 @@ class StudyConfig:
     seeds: int = 3
     out_dir: str = "runs/study"  # the study folder is out_dir/name
     budget: str = "full"  # the default of --budget
+    only: list[str] = field(default_factory=list)  # findings to run (empty: all); --only sets it
     pretrain: dict[str, Pretraining] = field(default_factory=dict)
     findings: dict[str, Finding] = field(default_factory=dict)
     budgets: dict[str, Budget] = field(default_factory=lambda: {"full": Budget()})

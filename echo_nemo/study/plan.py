@@ -59,26 +59,31 @@ class StudyPlan:
     cfg: StudyConfig
     budget: str
     study_dir: Path
-    runs: list[StudyRun]
-    members: dict[str, list[Member]]  # finding id -> its RL runs
+    runs: list[StudyRun]  # the runs the selected findings need, in stage order
+    members: dict[str, list[Member]]  # selected finding id -> its RL runs
+    all_runs: list[StudyRun]  # every finding's (names do not depend on --only)
+    all_members: dict[str, list[Member]]
 
     def by_stage(self, stage: str) -> list[StudyRun]:
         return [r for r in self.runs if r.stage == stage]
 
     def to_dict(self) -> dict[str, Any]:
+        """plan.json: every finding and run (so a report can gather findings run with separate
+        `--only` calls), and which findings this call selected."""
         findings = {}
-        for fid, members in self.members.items():
+        for fid, members in self.all_members.items():
             f = self.cfg.findings[fid]
             findings[fid] = {
                 "title": f.title, "claim": f.claim, "factor": f.factor, "verdict": f.verdict,
-                "benchmark": f.benchmark, "shares": f.shares, "notes": f.notes, "levels": [m.level for m in members if m.seed == members[0].seed],
+                "benchmark": f.benchmark, "shares": f.shares, "notes": f.notes,
+                "levels": list(dict.fromkeys(m.level for m in members)),
                 "members": [vars(m) for m in members],
             }
         return {
             "name": self.cfg.name, "budget": self.budget, "study_dir": str(self.study_dir),
-            "seeds": self.cfg.seeds,
+            "seeds": self.cfg.seeds, "selected": list(self.members),
             "runs": [{"stage": r.stage, "key": r.key, "argv": r.argv, "run_dir": str(r.run_dir), "after": r.after}
-                     for r in self.runs],
+                     for r in self.all_runs],
             "findings": findings,
         }
 
@@ -111,15 +116,15 @@ def load_study(recipe: str | os.PathLike, overrides: list[str] | None = None, on
             raise UserError(f"--budget {budget!r}: study {cfg.name!r} has budgets {', '.join(cfg.budgets)}")
         cfg.budget = budget
     if only:
-        unknown = [f for f in only if f not in cfg.findings]
-        if unknown:
-            raise UserError(f"--only {','.join(unknown)}: study {cfg.name!r} has findings {', '.join(cfg.findings)}")
-        cfg.findings = {fid: f for fid, f in cfg.findings.items() if fid in only}
+        cfg.only = list(only)
+    unknown = [f for f in cfg.only if f not in cfg.findings]
+    if unknown:
+        raise UserError(f"--only {','.join(unknown)}: study {cfg.name!r} has findings {', '.join(cfg.findings)}")
     return cfg
 
 
 def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, validate: bool = True) -> StudyPlan:
-    """Every run of the study in stage order (data, pretrain, rl, eval)."""
+    """Every run of the selected findings (`cfg.only`, empty: all) in stage order (data, pretrain, rl, eval)."""
     budget: Budget = cfg.budgets[cfg.budget]
     study_dir = (resolve_path(str(out_dir) if out_dir else cfg.out_dir, Path.cwd()) / cfg.name / cfg.budget).resolve()
     runs: dict[str, StudyRun] = {}
@@ -184,7 +189,14 @@ def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, valid
                     m.evals[lbl] = evaluation(f"eval/{fid}/{label}/seed-{seed}/{lbl}", i, f, rl_key)[1]
                 members[fid].append(m)
     ordered = [r for stage in STAGES for r in runs.values() if r.stage == stage]
-    plan = StudyPlan(cfg, cfg.budget, study_dir, ordered, members)
+    # every finding is planned so that a run's name never depends on --only; then only the
+    # runs the selected findings need (and what those need) are kept
+    selected = {fid: m for fid, m in members.items() if not cfg.only or fid in cfg.only}
+    need = {k for ms in selected.values() for m in ms for k in (m.rl, *m.evals.values(), *m.before.values())}
+    for r in reversed(ordered):  # stage order: whatever a run needs comes earlier
+        if r.key in need:
+            need.update(r.after)
+    plan = StudyPlan(cfg, cfg.budget, study_dir, [r for r in ordered if r.key in need], selected, ordered, members)
     if validate:
         validate_runs(plan)
     return plan

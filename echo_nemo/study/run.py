@@ -14,6 +14,8 @@ continues where it stopped when run again (each command also resumes from its ch
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -121,11 +123,34 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
             progress.finished(r, _outcome(job), time.perf_counter() - t0)
         return
     width = profile.array_parallelism if cluster == "local" else 1
+    at_once = plan.cfg.budgets[plan.budget].at_once
+    if cluster == "local" and at_once:
+        width = at_once
     for start in range(0, len(jobs), width):
         t0 = time.perf_counter()
-        wave = [(r, ex.submit(fn)) for r, fn in jobs[start : start + width]]
+        with _threads_per_run(width if cluster == "local" and at_once else 0):
+            wave = [(r, ex.submit(fn)) for r, fn in jobs[start : start + width]]
         for r, job in wave:
             progress.finished(r, _outcome(job), time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _threads_per_run(at_once: int):
+    """While submitting `at_once` local runs together, give each an equal share of the cores
+    (OMP_NUM_THREADS, which torch reads at start): several runs with all threads each would
+    slow one another down many times over."""
+    if at_once < 1:
+        yield
+        return
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // at_once))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def stage_profiles(plan: StudyPlan) -> dict[str, ClusterProfile]:

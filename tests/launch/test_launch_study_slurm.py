@@ -18,8 +18,8 @@ def test_smoke_study_runs_stage_by_stage_under_slurm(slurm_cluster, tmp_path, cl
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     study = tmp_path / "echolab" / "smoke"
     plan = json.loads((study / "plan.json").read_text())
-    assert [r["key"] for r in plan["runs"]] == ["data/echo_tg_omi1_omi2", "pretrain/base", "rl/f1/grpo/seed-0"]
-    assert all(is_done(study / r["key"]) for r in plan["runs"])
+    done = [r["key"] for r in plan["runs"] if is_done(study / r["key"])]
+    assert done == ["data/echo_tg_omi1_omi2", "pretrain/base", "rl/f1/grpo/seed-0"]  # f1's, nothing else
     for stage in ("data", "pretrain", "rl"):  # each stage ran as its own SLURM job
         logs = list((study / "logs" / stage).glob("*/*_log.out"))
         assert logs and "[echo-nemo sweep]" in logs[0].read_text(), stage

@@ -131,3 +131,18 @@ def test_a_failed_run_skips_what_needs_it_and_the_report_is_still_written(tmp_pa
     assert any("FAILED pretrain/base" in line for line in lines)
     verdicts = json.loads((plan.study_dir / "report" / "verdicts.json").read_text())
     assert verdicts[0]["runs"] == "0/2" and verdicts[0]["verdict"] == "not measured"
+
+
+def test_run_names_do_not_depend_on_only(tmp_path):
+    """`--only f6` plans f6's GRPO runs under the names the whole study gives them (f1's), so
+    findings run one at a time share runs and resume each other's work."""
+    recipe = write_study(tmp_path)
+    alone = plan_study(load_study(recipe, only=["f6"]), tmp_path)
+    whole = plan_study(load_study(recipe), tmp_path)
+    assert list(alone.members) == ["f6"]
+    assert sorted(r.key for r in alone.by_stage("rl")) == sorted(
+        [f"rl/f1/grpo/seed-{s}" for s in range(3)] + [f"rl/f6/ppo/seed-{s}" for s in range(3)])
+    assert [r.key for r in alone.runs] == [r.key for r in whole.runs if r.key in {x.key for x in alone.runs}]
+    assert [r.key for r in alone.by_stage("pretrain")] == ["pretrain/base"]  # text4x is not needed
+    saved = json.loads(write_plan(alone).read_text())
+    assert saved["selected"] == ["f6"] and list(saved["findings"]) == ["f1", "f3", "f4", "f5", "f6"]

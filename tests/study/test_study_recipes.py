@@ -52,10 +52,13 @@ def test_echolab_designs(tmp_path):
     assert "model.scale=small" in small.argv and _levels(plan, "f2") == ["tiny", "small"]
     data = [runs[next(iter(_pretrain_of(plan, "f3", lv)))].after[0] for lv in ("1x", "4x", "8x")]
     assert data == ["data/echo_tg_omi1_omi2", "data/echo_tg_omi1_4xomi2", "data/echo_tg_omi1_8xomi2"]
+    # the 1x mixture is f2's tiny level: same pretraining, same RL runs
+    assert [m.rl for m in plan.members["f3"] if m.level == "1x"] == [m.rl for m in plan.members["f2"]
+                                                                     if m.level == "tiny"]
     assert len(_levels(plan, "f4")) >= 3 and _levels(plan, "f6") == ["grpo", "ppo", "reinforce", "ei"]
-    assert [m.rl for m in plan.members["f6"] if m.level == "grpo"] == [m.rl for m in plan.members["f1"]]
     assert {_pretrain_of(plan, f, lv).pop() for f in ("f1", "f4", "f6") for lv in _levels(plan, f)} == {"pretrain/base"}
-    assert len(plan.by_stage("rl")) == 3 + 6 + 9 + 9 + 9 and plan.cfg.seeds == 3
+    assert len(plan.by_stage("pretrain")) == 5  # base, tiny500, small500, text4x, text8x
+    assert len(plan.by_stage("rl")) == 3 + 6 + 6 + 9 + 12 and plan.cfg.seeds == 3
 
 
 def test_echolab_transfer_design(tmp_path):

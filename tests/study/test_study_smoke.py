@@ -1,7 +1,7 @@
 """A smoke study end to end through the local executor: two findings (collapse, algorithms),
 two seeds, the echo-lab recipe's smoke budget (debug model, a few steps: plumbing, no effect):
-data -> shared pretraining -> RL (the GRPO runs shared by both findings) -> report with its
-verdict table; running it again redoes nothing."""
+data -> shared pretraining -> RL -> report with its verdict table; running it again redoes
+nothing."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def test_smoke_study_runs_end_to_end_and_resumes(tmp_path, cli):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     study = tmp_path / "echolab" / "smoke"
     plan = json.loads((study / "plan.json").read_text())
-    rl = sorted(r["key"] for r in plan["runs"] if r["stage"] == "rl")
-    assert rl == ["rl/f1/grpo/seed-0", "rl/f1/grpo/seed-1", "rl/f6/ppo/seed-0", "rl/f6/ppo/seed-1"]
-    assert all(is_done(study / r["key"]) for r in plan["runs"])
-    assert "6/6 runs done (data 1/1 pretrain 1/1 rl 4/4)" in res.stdout and "ETA" in res.stdout
+    assert plan["selected"] == ["f1", "f6"]
+    rl = sorted({m["rl"] for fid in plan["selected"] for m in plan["findings"][fid]["members"]})
+    assert rl == [f"rl/{f}/{lv}/seed-{s}" for f, lv in (("f1", "grpo"), ("f6", "grpo"), ("f6", "ppo")) for s in (0, 1)]
+    assert all(is_done(study / key) for key in rl)
+    assert "8/8 runs done (data 1/1 pretrain 1/1 rl 6/6)" in res.stdout and "ETA" in res.stdout
     for key in rl:  # real RL runs: a row per step with format shares, the final greedy eval
         rows = [json.loads(line) for line in (study / key / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows] == [1, 2, 3]
@@ -40,4 +41,4 @@ def test_smoke_study_runs_end_to_end_and_resumes(tmp_path, cli):
 
     again = cli(*args, env={"OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming: 6 run(s) already done are skipped" in again.stdout and "stage rl" not in again.stdout
+    assert "resuming: 8 run(s) already done are skipped" in again.stdout and "stage rl" not in again.stdout
