@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
-from echo_nemo.data.streams import Item, RowSource, open_rows
+from echo_nemo.data.streams import SKIPPED, Item, RowSource, open_rows
 from echo_nemo.errors import UserError
 from echo_nemo.reward.formats import last_boxed  # the project's one \boxed{} reader
 from echo_nemo.reward.truth import gsm8k_final_answer
@@ -232,10 +232,11 @@ def source_rows(spec: SourceSpec) -> RowSource | None:
 
 
 def source_items(spec: SourceSpec, echolab: EchoLabConfig | None = None, start: int = 0,
-                 rows: RowSource | None = None) -> Iterator[Item]:
+                 rows: RowSource | None = None, part: tuple[int, int] | None = None) -> Iterator[Item]:
     """One `Item` per raw row of a source from raw row `start` (documents, filtered rows and
     bad rows alike, so that row numbers are positions to resume from). `spec.limit` is
-    applied by the caller (it counts documents, not rows)."""
+    applied by the caller (it counts documents, not rows). With `part` (RowSource.rows),
+    rows outside it come as filtered rows."""
     if spec.name not in DOCUMENT_SOURCES:
         raise UserError(f"unknown source {spec.name!r} (expected one of {', '.join(DOCUMENT_SOURCES)})")
     info = DOCUMENT_SOURCES[spec.name]
@@ -247,8 +248,8 @@ def source_items(spec: SourceSpec, echolab: EchoLabConfig | None = None, start: 
     text_f = spec.text_field or info.text
     q_f, s_f = spec.question_field or info.question, spec.solution_field or info.solution
     fields = [text_f] if text_f and not (spec.question_field or spec.solution_field) else [q_f, s_f]
-    for where, row in rows.rows(start):
-        yield _row_item(row, where, fields, info.keep)
+    for where, row in rows.rows(start, part):
+        yield Item(None) if row is SKIPPED else _row_item(row, where, fields, info.keep)
 
 
 def _row_item(row: object, where: str, fields: list[str], keep: Callable[[dict], bool] | None) -> Item:
