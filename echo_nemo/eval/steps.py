@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -185,6 +186,8 @@ def run_eval_steps(cfg: EvalConfig, show_progress: bool = True) -> dict[int, dic
         raise UserError("eval: `checkpoint` is required (--checkpoint RUN_DIR with --all-steps / --steps)")
     run_dir, out = Path(cfg.checkpoint), Path(cfg.run_dir)
     plan = plan_steps(run_dir, cfg.steps)
+    if not torch.distributed.is_initialized():  # ranks are known before anyone writes or skips
+        D.init_distributed(tp=cfg.parallel.tp)
     want = settings(cfg)
     stored = read_step_results(out)
     _check_settings(out, stored, want)
