@@ -43,6 +43,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -90,14 +91,33 @@ class SourcePlan:
         return self.full * self.n + (int(self.mask.sum()) if self.mask is not None else 0)
 
 
-def _bad(recipe: DataRecipe, spec: SourceSpec, item) -> None:  # noqa: ANN001
+def _bad(recipe: DataRecipe, spec: SourceSpec, where: str, message: str) -> None:
     if recipe.on_bad_row == "error":
-        raise UserError(f"source {spec.name!r}: bad row at {item.where}: {item.message} "
+        raise UserError(f"source {spec.name!r}: bad row at {where}: {message} "
                         f"(on_bad_row: skip would count and skip it)")
 
 
+def _count_part(args: tuple) -> tuple[int, tuple | None]:
+    """Documents in one part of a source (RowSource.rows) and its first bad row
+    (ordinal, where, message), in a counting process."""
+    from echo_nemo.data.sources import source_items
+
+    spec, echolab, rows, part = args
+    n, bad = 0, None
+    for i, item in enumerate(source_items(spec, echolab, rows=rows, part=part)):
+        if item.bad:
+            bad = bad or (i, item.where, item.message)
+        elif item.text is not None:
+            n += 1
+    return n, bad
+
+
 def _count(recipe: DataRecipe, spec: SourceSpec, rows: RowSource | None, log) -> int:  # noqa: ANN001
-    """Documents of one pass over a source (bad rows raise here under on_bad_row: error)."""
+    """Documents of one pass over a source (bad rows raise here under on_bad_row: error).
+
+    With several workers and local files (no `limit`, which stops early), the workers count
+    interleaved parts of the rows at once: parsing is the cost, and the counting pass runs
+    before any tokenizing, so it would otherwise leave all but one core idle."""
     from tqdm import tqdm
 
     from echo_nemo.data.sources import source_items
@@ -108,11 +128,19 @@ def _count(recipe: DataRecipe, spec: SourceSpec, rows: RowSource | None, log) ->
     if spec.documents is not None:
         return spec.documents
     log(f"counting the documents of {spec.name!r} ({rows.label}); set its `documents` to skip this pass")
+    w = recipe.num_workers
+    if w > 1 and rows.files and spec.limit is None:
+        with get_context("fork").Pool(w) as pool:
+            parts = pool.map(_count_part, [(spec, recipe.echolab, rows, (k, w)) for k in range(w)])
+        bad = min((b for _, b in parts if b), default=None)
+        if bad:
+            _bad(recipe, spec, *bad[1:])
+        return sum(n for n, _ in parts)
     n = 0
     with tqdm(desc=f"count {spec.name}", unit="doc", unit_scale=True, leave=False, mininterval=1) as bar:
         for item in source_items(spec, recipe.echolab, rows=rows):
             if item.bad:
-                _bad(recipe, spec, item)
+                _bad(recipe, spec, item.where, item.message)
             elif item.text is not None:
                 n += 1
                 bar.update()
@@ -148,7 +176,7 @@ def _picks(recipe: DataRecipe, plan: SourcePlan, r: Reader) -> Iterator[tuple[st
             r.row += 1
             if item.bad:
                 if r.copy == 0:  # count each bad row once, not once per copy
-                    _bad(recipe, plan.spec, item)
+                    _bad(recipe, plan.spec, item.where, item.message)
                     r.bad[item.bad] += 1
                 continue
             if item.text is None:

@@ -18,12 +18,13 @@ import json
 import os
 import random
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
-from echo_nemo.data.streams import Item, RowSource, open_rows
+from echo_nemo.data.streams import SKIPPED, Item, RowSource, open_rows
 from echo_nemo.errors import UserError
 from echo_nemo.reward.formats import last_boxed  # the project's one \boxed{} reader
 from echo_nemo.reward.truth import gsm8k_final_answer
@@ -84,6 +85,9 @@ class SourceInfo:
     parse: Callable[[object], str] | None = None
     local: str | None = None  # file under the shared data folder
     keep: Callable[[dict], bool] | None = None  # row filter (e.g. correct solutions only)
+    # prompt sets only: a row whose ground truth does not parse is skipped (and counted on
+    # stderr) instead of failing the load; evaluation sets keep failing loudly
+    skip_unparsed: bool = False
 
 
 def _math_answer(row: dict) -> str:
@@ -132,10 +136,49 @@ PROBLEM_SOURCES: dict[str, SourceInfo | None] = {
                          parse=parse_aime_answer, local="aime24/test.jsonl"),
     "aime25": SourceInfo("math-ai/aime25", None, "test", question="problem", answer="answer",
                          parse=parse_aime_answer, local="aime25/test.jsonl"),
+    # The MATH train split (7500 problems, fields problem/level/type/solution; the answer is
+    # the solution's last \boxed{}) as RL prompts: the study's MATH variant. A local file
+    # may also carry an `answer` field, which then wins.
+    "math_train": SourceInfo("DigitalLearningGmbH/MATH-lighteval", None, "train", question="problem",
+                             local="math/train.jsonl", skip_unparsed=True),
+    # AIME 2022, 2023 and 2024 (I and II): 90 problems, fields id/problem/solution/answer/url.
+    "aime22_24": SourceInfo("AI-MO/aimo-validation-aime", None, "train", question="problem", answer="answer",
+                            parse=parse_aime_answer, local="aime22_24/test.jsonl"),
     "echolab_train": None,
     "echolab_test": None,
+    "echolab_train_easy": None,
+    "echolab_test_easy": None,
+    "echolab_test_hard": None,
 }
-ECHOLAB_SIZES = {"echolab_train": 7473, "echolab_test": 1319}  # GSM8K's sizes
+
+
+@dataclass(frozen=True)
+class EchoLabSet:
+    """An echo-lab problem set: the first `stream` problems of a split's generator, and,
+    with `steps`, only those whose step count lies in [lo, hi].
+
+    Without `steps` the generator runs over the corpus config's step range (the sets the
+    pretraining documents come from); with `steps` it runs over all difficulties 1..5 (the
+    stream of a corpus built with `echolab.max_steps=5`) and the set is its slice by
+    difficulty: easy prompts for RL, hard problems for evaluation (finding 5, easy-to-hard
+    transfer). Train and test stay disjoint by problem key (echolab.split_of).
+    """
+
+    split: str
+    stream: int  # GSM8K's sizes: 7473 train, 1319 test
+    steps: tuple[int, int] | None = None
+
+
+# Easy = 1-2 steps, hard = 4-5 (3 is left out so the two are apart). Step counts cycle
+# over 1..5 in the stream, so each slice holds 2/5 of it: 2990 train-easy prompts,
+# 528 test-easy and 527 test-hard problems.
+ECHOLAB_SETS: dict[str, EchoLabSet] = {
+    "echolab_train": EchoLabSet("train", 7473),
+    "echolab_test": EchoLabSet("test", 1319),
+    "echolab_train_easy": EchoLabSet("train", 7473, (1, 2)),
+    "echolab_test_easy": EchoLabSet("test", 1319, (1, 2)),
+    "echolab_test_hard": EchoLabSet("test", 1319, (4, 5)),
+}
 
 # The evaluation benchmarks: name on the command line and in metric keys -> problem set.
 BENCHMARKS: dict[str, str] = {
@@ -143,7 +186,10 @@ BENCHMARKS: dict[str, str] = {
     "math500": "math500",
     "aime24": "aime24",
     "aime25": "aime25",
+    "aime22_24": "aime22_24",
     "echolab": "echolab_test",
+    "echolab_easy": "echolab_test_easy",
+    "echolab_hard": "echolab_test_hard",
 }
 
 
@@ -232,10 +278,11 @@ def source_rows(spec: SourceSpec) -> RowSource | None:
 
 
 def source_items(spec: SourceSpec, echolab: EchoLabConfig | None = None, start: int = 0,
-                 rows: RowSource | None = None) -> Iterator[Item]:
+                 rows: RowSource | None = None, part: tuple[int, int] | None = None) -> Iterator[Item]:
     """One `Item` per raw row of a source from raw row `start` (documents, filtered rows and
     bad rows alike, so that row numbers are positions to resume from). `spec.limit` is
-    applied by the caller (it counts documents, not rows)."""
+    applied by the caller (it counts documents, not rows). With `part` (RowSource.rows),
+    rows outside it come as filtered rows."""
     if spec.name not in DOCUMENT_SOURCES:
         raise UserError(f"unknown source {spec.name!r} (expected one of {', '.join(DOCUMENT_SOURCES)})")
     info = DOCUMENT_SOURCES[spec.name]
@@ -247,8 +294,8 @@ def source_items(spec: SourceSpec, echolab: EchoLabConfig | None = None, start: 
     text_f = spec.text_field or info.text
     q_f, s_f = spec.question_field or info.question, spec.solution_field or info.solution
     fields = [text_f] if text_f and not (spec.question_field or spec.solution_field) else [q_f, s_f]
-    for where, row in rows.rows(start):
-        yield _row_item(row, where, fields, info.keep)
+    for where, row in rows.rows(start, part):
+        yield Item(None) if row is SKIPPED else _row_item(row, where, fields, info.keep)
 
 
 def _row_item(row: object, where: str, fields: list[str], keep: Callable[[dict], bool] | None) -> Item:
@@ -310,9 +357,10 @@ def load_problems(
 ) -> list[Problem]:
     """Evaluation / RL prompt sets as `Problem`s with parsed ground truths.
 
-    Names: gsm8k_train, gsm8k_test, math500, aime24, aime25, echolab_train, echolab_test.
-    `path`: a local file (or the shared data folder); echo-lab ignores it and is
-    generated from `echolab` (defaults = the default data recipe's).
+    Names: the keys of PROBLEM_SOURCES (gsm8k_train, gsm8k_test, math500, aime24, aime25,
+    aime22_24, math_train, and the echo-lab sets of ECHOLAB_SETS). `path`: a local file
+    (or a folder in the shared data layout); echo-lab ignores it and is generated from
+    `echolab` (defaults = the default data recipe's).
     """
     if name not in PROBLEM_SOURCES:
         raise UserError(f"unknown problem set {name!r} (expected one of {', '.join(PROBLEM_SOURCES)})")
@@ -323,6 +371,7 @@ def load_problems(
     rows: Iterable[dict] = read_rows(local) if local else _hub_rows(info)
     where = f"problem set {name!r} ({local or info.hf_id})"
     out: list[Problem] = []
+    skipped: list[int] = []
     for i, row in enumerate(rows):
         if limit is not None and len(out) >= limit:
             break
@@ -330,19 +379,32 @@ def load_problems(
         try:
             answer = info.parse(row.get(info.answer)) if info.parse else _math_answer(row)
         except ValueError as e:
+            if info.skip_unparsed:
+                skipped.append(i)
+                continue
             raise UserError(f"{where}: row {i}: cannot parse the ground truth: {e}") from None
         pid = f"{name}-{row['id']}" if "id" in row else str(row.get("unique_id", f"{name}-{i}"))
         out.append(Problem(pid, question, answer))
+    if skipped:
+        print(f"{where}: skipped {len(skipped)} row(s) without a parsable answer (rows "
+              f"{', '.join(map(str, skipped[:10]))}{', ...' if len(skipped) > 10 else ''})", file=sys.stderr)
     return out
 
 
-def _echolab_problems(name: str, limit: int | None, cfg: EchoLabConfig) -> list[Problem]:
+def echolab_set(name: str, cfg: EchoLabConfig | None = None, limit: int | None = None) -> list:
+    """The generated problems (echolab.EchoProblem, with their programs) of an echo-lab set."""
     from echo_nemo.data import echolab
 
-    split = name.removeprefix("echolab_")
-    n = ECHOLAB_SIZES[name] if limit is None else min(limit, ECHOLAB_SIZES[name])
+    spec, cfg = ECHOLAB_SETS[name], cfg or EchoLabConfig()
+    lo, hi = (cfg.min_steps, cfg.max_steps) if spec.steps is None else (1, 5)
     # Train prompts come from the same stream as the pretraining documents (same seed);
     # test problems are disjoint from both by their parameters.
-    gen = echolab.generate(n, seed=cfg.seed, split=split, min_steps=cfg.min_steps,
-                           max_steps=cfg.max_steps, max_number=cfg.max_number)
-    return [Problem(f"{name}-{i}", p.question, p.answer_str) for i, p in enumerate(gen)]
+    gen = echolab.generate(spec.stream, seed=cfg.seed, split=spec.split, min_steps=lo, max_steps=hi,
+                           max_number=cfg.max_number)
+    if spec.steps is not None:
+        gen = (p for p in gen if spec.steps[0] <= p.num_steps <= spec.steps[1])
+    return list(itertools.islice(gen, limit))
+
+
+def _echolab_problems(name: str, limit: int | None, cfg: EchoLabConfig) -> list[Problem]:
+    return [Problem(f"{name}-{i}", p.question, p.answer_str) for i, p in enumerate(echolab_set(name, cfg, limit))]

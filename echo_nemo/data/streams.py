@@ -55,7 +55,15 @@ def _suffix(p: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- raw rows: (where, row | exc)
-def _json_lines(path: Path, start: int) -> Generator[tuple[str, object], None, int]:
+SKIPPED = object()  # a row outside this reader's `part` (see RowSource.rows): not parsed
+
+
+def _mine(i: int, part: tuple[int, int] | None) -> bool:
+    return part is None or i % part[1] == part[0]
+
+
+def _json_lines(path: Path, start: int, part: tuple[int, int] | None = None
+                ) -> Generator[tuple[str, object], None, int]:
     """(file:line, parsed row or the JSONDecodeError) of every non-empty line from row `start`;
     returns the file's row count."""
     opener = gzip.open if _suffix(path).endswith(".gz") else open
@@ -70,7 +78,7 @@ def _json_lines(path: Path, start: int) -> Generator[tuple[str, object], None, i
             if not isinstance(rows, list):
                 raise UserError(f"{path}: expected JSON lines or one JSON list of rows")
             for i, row in enumerate(rows[start:], start):
-                yield f"{path} row {i}", row
+                yield f"{path} row {i}", row if _mine(i, part) else SKIPPED
             return len(rows)
         count = 0
         for lineno, line in enumerate(f, 1):
@@ -78,6 +86,9 @@ def _json_lines(path: Path, start: int) -> Generator[tuple[str, object], None, i
                 continue
             count += 1
             if count <= start:  # resume: skipped lines are not parsed
+                continue
+            if not _mine(count - 1, part):
+                yield f"{path}:{lineno}", SKIPPED
                 continue
             try:
                 yield f"{path}:{lineno}", json.loads(line)
@@ -107,10 +118,16 @@ def _arrow_batches(path: Path):  # noqa: ANN202 - pyarrow record batches of a fi
         yield from reader
 
 
-def _table_rows(path: Path, start: int) -> Generator[tuple[str, object], None, int]:
+def _table_rows(path: Path, start: int, part: tuple[int, int] | None = None
+                ) -> Generator[tuple[str, object], None, int]:
     seen = 0
-    for batch in _arrow_batches(path):
+    for b, batch in enumerate(_arrow_batches(path)):
         if seen + batch.num_rows <= start:  # skip whole batches without converting them
+            seen += batch.num_rows
+            continue
+        if not _mine(b, part):  # a part is whole batches (converting them is the cost)
+            for i in range(max(start, seen), seen + batch.num_rows):
+                yield f"{path} row {i}", SKIPPED
             seen += batch.num_rows
             continue
         rows = batch.to_pylist()
@@ -120,11 +137,12 @@ def _table_rows(path: Path, start: int) -> Generator[tuple[str, object], None, i
     return seen
 
 
-def _file_rows(path: Path, start: int) -> Generator[tuple[str, object], None, int]:
+def _file_rows(path: Path, start: int, part: tuple[int, int] | None = None
+               ) -> Generator[tuple[str, object], None, int]:
     """Rows of one file from row `start`; returns the file's row count."""
     if _suffix(path) in (".parquet", ".arrow"):
-        return (yield from _table_rows(path, start))
-    return (yield from _json_lines(path, start))
+        return (yield from _table_rows(path, start, part))
+    return (yield from _json_lines(path, start, part))
 
 
 def _row_count(path: Path) -> int | None:
@@ -177,9 +195,13 @@ class RowSource:
             return str(self.files[0]) if len(self.files) == 1 else f"{self.files[0].parent} ({len(self.files)} files)"
         return f"hub:{self.hub[0]}"
 
-    def rows(self, start: int = 0) -> Iterator[tuple[str, object]]:
-        """(where, row) from raw row `start` on; a row is a dict, or an exception for bad JSON."""
+    def rows(self, start: int = 0, part: tuple[int, int] | None = None) -> Iterator[tuple[str, object]]:
+        """(where, row) from raw row `start` on; a row is a dict, or an exception for bad JSON.
+        `part=(k, n)`: only every n-th row of each file (JSON lines) or every n-th record batch
+        (parquet/arrow) from the k-th is parsed, the others come as SKIPPED: n processes
+        reading parts k = 0..n-1 together see every row once (the parallel counting pass)."""
         if self.files is None:
+            assert part is None, "a hub stream is read whole (parts are for local files)"
             yield from _hub_stream(self.hub, start)
             return
         seen = 0
@@ -189,7 +211,7 @@ class RowSource:
                 if count is not None and seen + count <= start:
                     seen += count
                     continue
-            seen += yield from _file_rows(path, max(start - seen, 0))
+            seen += yield from _file_rows(path, max(start - seen, 0), part)
 
     def size(self) -> int | None:
         """Raw rows when metadata tells (parquet/arrow, hub split info), else None."""

@@ -23,6 +23,10 @@ class SamplingConfig:
 @dataclass
 class EvalConfig:
     checkpoint: str = ""  # a checkpoint dir (…/checkpoints/step_N) or a run dir (its latest)
+    # Over training (echo_nemo.eval.steps): `checkpoint` is a run dir and every kept checkpoint
+    # of it is evaluated, step 0 (its model.init) included; `steps` picks steps instead.
+    all_steps: bool = False
+    steps: list[int] = field(default_factory=list)  # non-empty: evaluate these steps (implies all_steps)
     benchmarks: list[str] = field(default_factory=lambda: ["echolab"])
     data_paths: dict[str, str] = field(default_factory=dict)  # benchmark -> local file (default: built-in)
     limit: int | None = None  # first N problems of each benchmark (None: all)
@@ -39,6 +43,11 @@ class EvalConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     RENAMED: ClassVar[dict[str, str]] = {"tp": "parallel.tp"}
+
+    @property
+    def over_steps(self) -> bool:
+        """Evaluate a run's checkpoints over training rather than one checkpoint."""
+        return self.all_steps or bool(self.steps)
 
     def validate(self) -> None:
         # `checkpoint` may be empty in a recipe (it comes with --checkpoint): run_eval checks it
@@ -59,5 +68,7 @@ class EvalConfig:
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise UserError("eval config: max_new_tokens and batch_size must be >= 1")
         self.parallel.validate()
+        if any(s < 0 for s in self.steps):
+            raise UserError(f"eval config: steps must be checkpoint steps >= 0 (got {list(self.steps)})")
         if any(k < 1 for k in self.ks):
             raise UserError(f"eval config: ks must be positive (got {self.ks})")

@@ -170,6 +170,18 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def evaluate_benchmarks(model, tokenizer, problems: dict[str, list], cfg: EvalConfig, *, show_progress: bool = True,
+                        ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], float]:
+    """(results per benchmark, per-sample records tagged with their benchmark, seconds) of one model."""
+    t0 = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    samples: list[dict[str, Any]] = []
+    for bench, probs in problems.items():
+        results[bench], records = evaluate_problems(model, tokenizer, probs, cfg, name=bench, show_progress=show_progress)
+        samples += [{"benchmark": bench, **r} for r in records]
+    return results, samples, time.perf_counter() - t0
+
+
 def run_eval(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     """Load the checkpoint, evaluate every benchmark, write the run dir; returns results.json's dict."""
     cfg.validate()
@@ -183,14 +195,7 @@ def run_eval(cfg: EvalConfig, show_progress: bool = True) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     if main:
         save_config(cfg, run_dir)
-    t0 = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
-    samples: list[dict[str, Any]] = []
-    for bench, probs in problems.items():
-        results[bench], records = evaluate_problems(model, tokenizer, probs, cfg, name=bench,
-                                                    show_progress=show_progress and main)
-        samples += [{"benchmark": bench, **r} for r in records]
-    elapsed = time.perf_counter() - t0
+    results, samples, elapsed = evaluate_benchmarks(model, tokenizer, problems, cfg, show_progress=show_progress and main)
     out = {"label": cfg.label or run_dir.name, "checkpoint": str(ckpt), "step": step,
            "sampling": dataclasses.asdict(cfg.sampling), "max_new_tokens": cfg.max_new_tokens,
            "benchmarks": results, "time_s": elapsed}

@@ -91,14 +91,17 @@ def lean_forward(model, tokens: torch.Tensor) -> torch.Tensor:
 
     x = gpt.embedding.word_embeddings(tokens)  # vocab-parallel lookup + all-reduce: [b, s, d]
     freqs = gpt.rotary_pos_emb(s)[:, 0, 0]  # [s, hn], megatron's table
-    cos, sin = rope_tables(freqs, x.dtype)
+    cos, sin = (t[:, None, None] for t in rope_tables(freqs, x.dtype))  # [s, 1, 1, hn]
     for layer in gpt.decoder.layers:
         attn, mlp = layer.self_attention, layer.mlp
         h = _tp(layer.input_layernorm(x), "copy", tp)
         qkv = F.linear(h, attn.linear_qkv.weight).view(b, s, groups, per + 2, hn)
-        q = qkv[:, :, :, :per].reshape(b, s, groups * per, hn).transpose(1, 2)
-        k, v = qkv[:, :, :, per].transpose(1, 2), qkv[:, :, :, per + 1].transpose(1, 2)
-        q, k = rope(q, cos.to(q.dtype), sin.to(q.dtype)), rope(k, cos.to(k.dtype), sin.to(k.dtype))
+        # a group's queries and its key sit side by side: one RoPE pass rotates them all.
+        # split, not indexing: its backward is one concatenation, not a zero-fill per slice
+        qk, v = qkv.split([per + 1, 1], dim=3)
+        q, k = rope(qk, cos, sin).split([per, 1], dim=3)
+        q = q.reshape(b, s, groups * per, hn).transpose(1, 2)
+        k, v = k.squeeze(3).transpose(1, 2), v.squeeze(3).transpose(1, 2)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=per > 1)
         o = o.transpose(1, 2).reshape(b, s, groups * per * hn)
         x = x + _tp(F.linear(o, attn.linear_proj.weight), "reduce", tp)

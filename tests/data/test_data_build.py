@@ -210,18 +210,19 @@ def _omi2_rows(path: Path) -> list[str]:
 def test_bad_rows_are_counted_and_skipped_or_exit_2_naming_file_and_line(tmp_path, cli):
     src = tmp_path / "omi2.jsonl"
     _omi2_rows(src)
-    overrides = ["seq_length=32", "sequences_per_shard=50", "num_workers=1", "packing=concat",
+    overrides = ["seq_length=32", "sequences_per_shard=50", "packing=concat",
                  "sources=[{name: omi2, path: " + str(src) + ", repeat: 2}]"]
-    recipe = load_recipe(DataRecipe, RECIPES / "as_fm3_tg.yaml", overrides + ["tokenizer=null"])
-    m = build_shards(recipe, tmp_path / "ok", **quiet)
-    (s,) = m["sources"]
-    assert s["bad_rows"] == {"bad_json": 1, "missing_field": 1, "not_text": 1}  # once, though read twice
-    assert (s["documents"], s["unique_documents"]) == (120, 60)
+    for w in (1, 3):  # 3 workers count the rows in 3 parts, each meeting a different bad row first
+        recipe = load_recipe(DataRecipe, RECIPES / "as_fm3_tg.yaml", overrides + ["tokenizer=null", f"num_workers={w}"])
+        m = build_shards(recipe, tmp_path / f"ok{w}", **quiet)
+        (s,) = m["sources"]
+        assert s["bad_rows"] == {"bad_json": 1, "missing_field": 1, "not_text": 1}  # once, though read twice
+        assert (s["documents"], s["unique_documents"]) == (120, 60)
 
-    r = cli("data", "build", RECIPES / "as_fm3_tg.yaml", *overrides, "tokenizer=null", "on_bad_row=error",
-            "--out", tmp_path / "err")
-    assert r.returncode == 2 and f"{src}:11" in r.stderr and "not a JSON line" in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
+        r = cli("data", "build", RECIPES / "as_fm3_tg.yaml", *overrides, "tokenizer=null", "on_bad_row=error",
+                f"num_workers={w}", "--out", tmp_path / f"err{w}")
+        assert r.returncode == 2 and f"{src}:11" in r.stderr and "not a JSON line" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
 
     missing = tmp_path / "nope.parquet"
     r = cli("data", "build", RECIPES / "as_fm3_tg.yaml", "tokenizer=null",
@@ -279,6 +280,10 @@ def test_every_local_format_reads_the_same_documents_and_resumes_at_a_row(tmp_pa
             spec = SourceSpec(name="fm3", path=str(path))
         assert list(load_documents(spec)) == want, kind
         assert [i.text for i in source_items(spec, start=23)] == want[23:], kind
+        if kind != "hub_cache":  # 3 parts (the parallel counting pass): every row in exactly one
+            parts = [[i.text for i in source_items(spec, part=(k, 3))] for k in range(3)]
+            assert all(len(p) == len(rows) for p in parts), kind  # rows outside a part still count
+            assert sorted(t for p in parts for t in p if t is not None) == sorted(want), kind
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no data files"):
         list(load_documents(SourceSpec(name="fm3", path=str(tmp_path / "empty"))))

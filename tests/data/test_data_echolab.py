@@ -153,3 +153,38 @@ def test_tinygsm_misquote_makes_that_share_of_tinygsm_answers_wrong():
     assert omi == [p.document("llm_code") for p in probs[:50]]
     with pytest.raises(UserError, match="tinygsm_misquote"):
         EchoLabConfig(tinygsm_misquote=1.5).validate()
+
+
+def test_difficulty_sets_select_by_step_count():
+    """Finding 5's sets: easy prompts (1-2 steps, train) and hard problems (4-5 steps, test),
+    sliced by difficulty from a 1..5-step stream; train and test disjoint by key."""
+    from echo_nemo.data.config import EchoLabConfig
+    from echo_nemo.data.sources import BENCHMARKS, ECHOLAB_SETS, echolab_set
+    from echo_nemo.eval.config import EvalConfig
+    from echo_nemo.rl.run import _problems
+
+    sets = {name: echolab_set(name) for name in ("echolab_train_easy", "echolab_test_easy", "echolab_test_hard")}
+    for name, probs in sets.items():
+        lo, hi = ECHOLAB_SETS[name].steps
+        assert probs and all(lo <= p.num_steps <= hi for p in probs), name
+        assert {p.num_steps for p in probs} == set(range(lo, hi + 1))  # every difficulty in range shows
+        want = ECHOLAB_SETS[name].split
+        assert all(split_of(p.key) == want for p in probs), name
+    assert len(sets["echolab_test_hard"]) >= 200 and len(sets["echolab_train_easy"]) >= 2000
+    train_keys = {p.key for p in sets["echolab_train_easy"]}
+    assert not train_keys & {p.key for p in sets["echolab_test_hard"]}
+    assert not train_keys & {p.key for p in sets["echolab_test_easy"]}
+    assert not {p.question for p in sets["echolab_train_easy"]} & {p.question for p in sets["echolab_test_hard"]}
+    # the slice is of the stream a 1..5-step corpus renders (same seed): easy prompts were
+    # pretraining documents of that corpus, as echolab_train's are of the default one
+    corpus = list(generate(200, seed=0, split="train", min_steps=1, max_steps=5))
+    assert [p.question for p in corpus if p.num_steps <= 2] == [p.question for p in sets["echolab_train_easy"][:80]]
+    # the generator's own step range does not move the difficulty sets; its seed does
+    assert echolab_set("echolab_test_hard", EchoLabConfig(max_steps=2), limit=30) == sets["echolab_test_hard"][:30]
+    assert echolab_set("echolab_test_hard", EchoLabConfig(seed=1), limit=30) != sets["echolab_test_hard"][:30]
+    # loadable by name: RL prompts (data.train) and an eval benchmark (--benchmarks)
+    easy = _problems("echolab_train_easy", None, 50)
+    assert [p.question for p in easy] == [p.question for p in sets["echolab_train_easy"][:50]]
+    hard = load_problems(BENCHMARKS["echolab_hard"], limit=20)
+    assert [p.answer for p in hard] == [p.answer_str for p in sets["echolab_test_hard"][:20]]
+    EvalConfig(benchmarks=["echolab_hard", "echolab_easy"]).validate()

@@ -95,3 +95,58 @@ def test_parquet_and_hub_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(UserError, match="nvidia/OpenMathInstruct-2"):
         next(load_documents("omi2"))
+
+
+def test_math_train_and_aime22_24_from_local_files_in_the_hub_layout(tmp_path, monkeypatch, capsys):
+    """MATH train prompts (answer = the solution's last \\boxed{}) and the 90-problem AIME
+    2022-24 set, read from files with the hub datasets' fields through the same loader."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from echo_nemo.data.sources import BENCHMARKS
+    from echo_nemo.eval.config import EvalConfig
+
+    math_rows = [
+        {"problem": "Compute $\\frac{1}{2}+\\frac{1}{4}$.", "level": "Level 1", "type": "Prealgebra",
+         "solution": "We get $\\boxed{\\frac{1}{2}}$ first, then $\\boxed{\\frac{3}{4}}$."},
+        {"problem": "A proof.", "level": "Level 5", "type": "Geometry", "solution": "No boxed answer here."},
+        {"problem": "Find $x$.", "level": "Level 2", "type": "Algebra", "solution": "So $x = \\fbox{7}$."},
+    ]
+    # the shared-data layout (a folder holding math/train.jsonl) and a bare parquet file
+    (tmp_path / "math").mkdir()
+    (tmp_path / "math" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in math_rows))
+    pq.write_table(pa.Table.from_pylist(math_rows), tmp_path / "math.parquet")
+    for path in (tmp_path, tmp_path / "math.parquet"):
+        probs = load_problems("math_train", path=str(path))
+        assert [p.answer for p in probs] == ["\\frac{3}{4}", "7"]
+        assert [p.id for p in probs] == ["math_train-0", "math_train-2"]  # row numbers of the file
+        assert "skipped 1 row(s)" in capsys.readouterr().err  # the unanswerable row is counted
+    assert load_problems("math_train", path=str(tmp_path), limit=1)[0].question == math_rows[0]["problem"]
+    # usable as RL prompts by name (data.train: math_train, data.train_path: ...)
+    from echo_nemo.rl.run import _problems
+
+    assert len(_problems("math_train", str(tmp_path), None)) == 2
+
+    years = [(2022, "I"), (2023, "II"), (2024, "I")]
+    aime_rows = [{"id": i, "problem": f"Problem {i} of {y} AIME {e}.", "solution": f"... $\\boxed{{{i:03d}}}$",
+                  "answer": f"{i:03d}" if i % 2 else str(i), "url": f"https://example.org/{y}_AIME_{e}"}
+                 for i, (y, e) in enumerate(years)]
+    (tmp_path / "aime22_24").mkdir()
+    (tmp_path / "aime22_24" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in aime_rows))
+    monkeypatch.setenv("ECHO_NEMO_DATA", str(tmp_path))  # the shared-data lookup, no path given
+    aime = load_problems(BENCHMARKS["aime22_24"])
+    assert [(p.id, p.answer) for p in aime] == [("aime22_24-0", "0"), ("aime22_24-1", "1"), ("aime22_24-2", "2")]
+    EvalConfig(benchmarks=["aime22_24", "aime24", "aime25"]).validate()
+    # an evaluation set stays strict: a bad answer fails naming the set and the row
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**aime_rows[0], "answer": "1.5"}) + "\n")
+    with pytest.raises(UserError, match=r"aime22_24.*row 0"):
+        load_problems("aime22_24", path=str(bad))
+    # offline, the hub path names the dataset it tried
+    monkeypatch.delenv("ECHO_NEMO_DATA")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UserError, match="DigitalLearningGmbH/MATH-lighteval"):
+        load_problems("math_train", limit=1)
+    with pytest.raises(UserError, match="AI-MO/aimo-validation-aime"):
+        load_problems("aime22_24", limit=1)
