@@ -28,6 +28,7 @@ from typing import Any
 from echo_nemo.config import REPO_ROOT, load_recipe, schema_for_recipe, to_yaml
 from echo_nemo.errors import UserError
 from echo_nemo.launch.config import resolve_path
+from echo_nemo.launch.grid import label_of
 from echo_nemo.study.config import STAGES, Budget, Finding, StudyConfig
 
 
@@ -145,7 +146,10 @@ def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, valid
         p = cfg.pretrain[name]
         data_recipe = _recipe(p.data, f"pretrain.{name}.data")
         data_over = [*p.data_overrides, *budget.data]
-        data_key = add("data", f"data/{Path(data_recipe).stem}", [data_recipe, data_over],
+        # a pretraining's own data overrides name the build, so that the name does not depend
+        # on which findings run together (--only): f5's 1-5-step corpus never reuses f1's
+        build = "__".join([Path(data_recipe).stem, *map(label_of, p.data_overrides)])
+        data_key = add("data", f"data/{build}", [data_recipe, data_over],
                        lambda d: ["data", "build", data_recipe, *data_over, "--out", str(d)], [])
         pre_recipe = _recipe(p.recipe, f"pretrain.{name}")
         over = [*p.overrides, *budget.pretrain, f"data.shards={runs[data_key].run_dir}"]
