@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
-from echo_nemo.data.streams import SKIPPED, Item, RowSource, open_rows
+from echo_nemo.data.streams import SKIPPED, Item, RowSource, hub_offline, open_rows
 from echo_nemo.errors import UserError
 from echo_nemo.reward.formats import last_boxed  # the project's one \boxed{} reader
 from echo_nemo.reward.truth import gsm8k_final_answer
@@ -252,6 +252,9 @@ def _hub_rows(info: SourceInfo) -> Iterator[dict]:
     """Stream rows from the Hugging Face hub (needs network access)."""
     import datasets
 
+    if hub_offline():
+        raise UserError(f"{info.hf_id} (config {info.config}, split {info.split}): HF_HUB_OFFLINE / "
+                        f"HF_DATASETS_OFFLINE is set, so the hub is not tried. Pass a local file with `path`.")
     try:
         ds = datasets.load_dataset(info.hf_id, name=info.config, split=info.split, streaming=True)
     except Exception as e:  # no network, unknown id: bad input from the user's point of view

@@ -221,12 +221,17 @@ class RowSource:
         return None if None in counts else sum(counts)
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE as set now: `datasets` reads them once at import
+    and, set later, would retry the network until its timeouts instead."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
 def _hub_stream(hub: tuple[str, str | None, str], start: int) -> Iterator[tuple[str, object]]:
     import datasets
 
     hf_id, config, split = hub
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
-        # read now: `datasets` reads it once at import, and would otherwise retry the network
+    if hub_offline():
         raise UserError(f"{hf_id} (config {config}, split {split}) is not in the local hub cache and "
                         f"HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set. To build offline, {_LOCAL_HINT}")
     try:
