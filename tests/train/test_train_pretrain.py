@@ -169,6 +169,17 @@ def _kill(p: subprocess.Popen) -> None:
     p.wait(timeout=30)
 
 
+def _resume_equals_reference(cli, args: list[str], resume_from: int, run, reference_run) -> None:
+    """Rerun the interrupted pretraining: it resumes at `resume_from` and ends with the
+    uninterrupted run's losses at every step (<= 1e-6)."""
+    r = cli("pretrain", RECIPE, *args)
+    assert f"steps {resume_from}->{STEPS}" in r.stdout
+    ref, got = losses(reference_run), losses(run)
+    assert sorted(got) == sorted(ref)
+    for s in ref:
+        assert abs(got[s] - ref[s]) <= 1e-6, (s, got[s], ref[s])
+
+
 def test_train_resume_after_sigkill_is_exact(reference_run, echolab_shards, tmp_path):
     run = tmp_path / "killed"
     args = overrides(echolab_shards, run)
@@ -182,12 +193,7 @@ def test_train_resume_after_sigkill_is_exact(reference_run, echolab_shards, tmp_
     resume_from = read_meta(latest_checkpoint(run))["step"]
     assert resume_from == 8
 
-    r = cli("pretrain", RECIPE, *args)
-    assert f"steps {resume_from}->{STEPS}" in r.stdout
-    ref, got = losses(reference_run), losses(run)
-    assert sorted(got) == sorted(ref)
-    for s in ref:
-        assert abs(got[s] - ref[s]) <= 1e-6, (s, got[s], ref[s])
+    _resume_equals_reference(cli, args, resume_from, run, reference_run)
 
 
 def test_train_killed_save_never_looks_complete(echolab_shards, tmp_path):
@@ -268,12 +274,7 @@ def test_train_sigterm_saves_after_the_step_exits_75_and_resumes_exactly(referen
     assert max(losses(run)) == stopped
     assert stopped in [s for s, _ in complete_checkpoints(run)]
 
-    r = cli("pretrain", RECIPE, *args)
-    assert f"steps {stopped}->{STEPS}" in r.stdout
-    ref, got = losses(reference_run), losses(run)
-    assert sorted(got) == sorted(ref)
-    for s in ref:
-        assert abs(got[s] - ref[s]) <= 1e-6, (s, got[s], ref[s])
+    _resume_equals_reference(cli, args, stopped, run, reference_run)
     # the resume checkpoint was pruned like a periodic one; the kept step 8 stayed
     assert [s for s, _ in complete_checkpoints(run)] == [8, 32, 40]
 
