@@ -87,7 +87,7 @@ assert (a - b).abs().max() < 1e-3, float((a - b).abs().max())
             "data.eval_limit=2", "eval_max_new_tokens=12", "num_checkpoints=1", "optim.micro_batch_size=4",
             "reward.workers=1", "--out", rl, timeout=1200))
     rows = read_metrics(rl)
-    assert [row["step"] for row in rows] == [1, 2]
+    assert [row["step"] for row in rows] == [0, 1, 2]  # 0: GSM8K eval before any update
     assert "acc/gsm8k/pass@1" in rows[-1] and rows[-1]["kl/mean"] >= 0.0  # KL 0.001: a reference ran
     assert (rl / "checkpoints" / "step_2" / "meta.json").is_file()
 

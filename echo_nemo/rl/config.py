@@ -127,7 +127,7 @@ class RLConfig:
     seed: int = 1234
     steps: int | None = None  # None = `epochs` passes over the train prompts
     epochs: float = 1.0
-    eval_every: int = 0  # greedy eval on held-out prompts every N steps and at the last (0: the last only)
+    eval_every: int = 0  # greedy eval on held-out prompts at step 0, every N steps and at the last (0: the last only)
     eval_max_new_tokens: int | None = None
     num_checkpoints: int = 15  # the study's logspace(-2.1, 0, 15) x total steps
     entropy_coef: float = 0.0

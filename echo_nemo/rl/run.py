@@ -133,8 +133,17 @@ class RLRun:
             self.times[f"time/{phase}_s"] = self.times.get(f"time/{phase}_s", 0.0) + time.perf_counter() - t0
 
     def steps(self) -> Iterator[int]:
-        """1-based step numbers still to run (after a resume, from the one after the checkpoint)."""
+        """1-based step numbers still to run (after a resume, from the one after the checkpoint).
+
+        A run with periodic evals (eval_every > 0) logs a step-0 row first: the held-out eval
+        of the starting policy, so an accuracy curve has its baseline (the study's "largest
+        gain" is often the first interval)."""
         self.logger = MetricsLogger(self.run_dir, enabled=D.is_main())
+        if self.start_step == 0 and self.cfg.eval_every:
+            self.times = {}
+            with self.timer("eval"):
+                metrics = self.evaluate()
+            self.logger.log(0, {**metrics, **self.times})
         bar = tqdm(range(self.start_step + 1, self.total + 1), desc=f"rl {self.cfg.algorithm}",
                    initial=self.start_step, total=self.total, disable=not D.is_main())
         for step in bar:
@@ -305,7 +314,9 @@ class RLRun:
                 C.remove_incomplete(d)  # `.tmp` folders of saves that were killed
         D.barrier()
         step = self.latest_complete_step() if self.cfg.checkpoint.resume else None
-        if step is None:
+        if step is None:  # a fresh start: rows of an earlier attempt that saved nothing go
+            if D.is_main():
+                truncate_metrics(self.run_dir, -1)
             return
         ckpt = C.checkpoints_dir(self.run_dir) / f"step_{step}"
         loaded = C.load_checkpoint(ckpt, self.model, self.opt)

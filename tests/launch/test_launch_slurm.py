@@ -253,5 +253,5 @@ resources: {{time: "00:10:00"}}
     assert wait_for([(point, job)]) == {point.name: "done"}, job.paths.stdout.read_text()[-3000:]
     out = job.paths.stdout.read_text() + job.paths.stderr.read_text()
     assert "requeueing through submitit" in out
-    assert [row["step"] for row in read_metrics(run_dir)] == list(range(1, steps + 1))
+    assert [row["step"] for row in read_metrics(run_dir)] == list(range(0, steps + 1))  # 0: eval before
     assert (run_dir / ".sweep_done").is_file()

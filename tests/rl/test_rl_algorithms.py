@@ -111,6 +111,24 @@ def test_resume_after_a_kill_continues_the_same_run(tmp_path):
         assert a["loss/policy"] == pytest.approx(b["loss/policy"], rel=1e-5, abs=1e-7)
 
 
+def test_periodic_eval_starts_at_step_0_and_a_rerun_before_any_checkpoint_starts_clean(tmp_path):
+    cfg = _cfg(tmp_path, steps=2, eval_every=2)
+
+    def dies_in_step_1(completions, truths):
+        if len(completions) > len(PROBLEMS[:4]):  # a rollout, not the eval's 4 greedy answers
+            raise KeyboardInterrupt
+        return LOWER(completions, truths)
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, reward=dies_in_step_1)
+    [before] = read_metrics(cfg.run_dir)  # the starting policy's eval, logged before step 1
+    assert before["step"] == 0 and "acc/echolab/pass@1" in before and "reward/mean" not in before
+    rows = _run(cfg)  # no checkpoint: a fresh start, the first attempt's rows do not stay
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[0]["acc/echolab/pass@1"] == before["acc/echolab/pass@1"]
+    assert "acc/echolab/pass@1" in rows[2] and "acc/echolab/pass@1" not in rows[1]
+
+
 def test_expert_iteration_filters_dedupes_and_retrains_from_the_base(tmp_path):
     keep, dupes = filter_and_dedupe(["a", "a", "a", "b", "b"], ["x", "x", "y", "x", "z"], [1.0, 1.0, 0.0, 1.0, 0.0])
     assert keep == [0, 3] and dupes == 1  # (a, x) twice counts once; (b, x) is another question

@@ -41,9 +41,10 @@ def test_rl_command_starts_and_stops_its_reward_server(cli, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert _processes_with(marker) == [], "the reward server (or a worker) outlived the rl command"
     rows = read_metrics(run_dir)
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # step 0: the starting policy's held-out eval
+    assert "acc/echolab/pass@1" in rows[0] and "reward/mean" not in rows[0]
     # scored by the real reward server: every sample has a format, shares add up to 1
-    assert sum(rows[0][f"format/{f}/share"] for f in ("tinygsm", "llm_code", "text", "other")) == 1.0
+    assert sum(rows[1][f"format/{f}/share"] for f in ("tinygsm", "llm_code", "text", "other")) == 1.0
     assert "acc/echolab/pass@1" in rows[-1]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "tokenizer" / "tokenizer.json").is_file()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_1", "step_2"]

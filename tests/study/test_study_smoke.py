@@ -27,8 +27,8 @@ def test_smoke_study_runs_end_to_end_and_resumes(tmp_path, cli):
     assert "8/8 runs done (data 1/1 pretrain 1/1 rl 6/6)" in res.stdout and "ETA" in res.stdout
     for key in rl:  # real RL runs: a row per step with format shares, the final greedy eval
         rows = [json.loads(line) for line in (study / key / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [1, 2, 3]
-        assert "format/llm_code/share" in rows[0] and "acc/echolab/pass@1" in rows[-1]
+        assert [r["step"] for r in rows] == [0, 1, 2, 3]  # 0: the pretrained model's eval
+        assert "format/llm_code/share" in rows[1] and "acc/echolab/pass@1" in rows[0] and "acc/echolab/pass@1" in rows[-1]
     assert (study / "rl/f6/ppo/seed-0/config.yaml").read_text().count("algorithm: ppo") == 1
 
     page = (study / "report" / "index.html").read_text()
