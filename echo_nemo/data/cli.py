@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pv.set_defaults(func=_preview)
     pr = dsub.add_parser("problems", help="write a prompt set as GSM8K-style jsonl (question, answer '#### N')")
     pr.add_argument("name", help="gsm8k_train, gsm8k_test, math_train, math500, aime24, aime25, aime22_24, "
-                    "echolab_train, echolab_test, echolab_train_easy, echolab_test_easy, echolab_test_hard")
+                    "echolab_train, echolab_test, echolab_train_easy, echolab_test_easy, echolab_test_medium, "
+                    "echolab_test_hard")
     pr.add_argument("--out", required=True, help="output .jsonl")
     pr.add_argument("--path", default=None, help="local source file (non-echo-lab sets)")
     pr.add_argument("--limit", type=int, default=None)

@@ -148,6 +148,7 @@ PROBLEM_SOURCES: dict[str, SourceInfo | None] = {
     "echolab_test": None,
     "echolab_train_easy": None,
     "echolab_test_easy": None,
+    "echolab_test_medium": None,
     "echolab_test_hard": None,
 }
 
@@ -171,12 +172,15 @@ class EchoLabSet:
 
 # Easy = 1-2 steps, hard = 4-5 (3 is left out so the two are apart). Step counts cycle
 # over 1..5 in the stream, so each slice holds 2/5 of it: 2990 train-easy prompts,
-# 528 test-easy and 527 test-hard problems.
+# 528 test-easy and 527 test-hard problems. Medium = 3 steps (264 problems): the hardest
+# problems of the default corpus (1-3 steps), harder than the easy RL prompts but not
+# out of the pretraining distribution.
 ECHOLAB_SETS: dict[str, EchoLabSet] = {
     "echolab_train": EchoLabSet("train", 7473),
     "echolab_test": EchoLabSet("test", 1319),
     "echolab_train_easy": EchoLabSet("train", 7473, (1, 2)),
     "echolab_test_easy": EchoLabSet("test", 1319, (1, 2)),
+    "echolab_test_medium": EchoLabSet("test", 1319, (3, 3)),
     "echolab_test_hard": EchoLabSet("test", 1319, (4, 5)),
 }
 
@@ -189,6 +193,7 @@ BENCHMARKS: dict[str, str] = {
     "aime22_24": "aime22_24",
     "echolab": "echolab_test",
     "echolab_easy": "echolab_test_easy",
+    "echolab_medium": "echolab_test_medium",
     "echolab_hard": "echolab_test_hard",
 }
 

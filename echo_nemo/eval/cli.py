@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate a checkpoint (or a run's checkpoints over steps): pass@1, pass@k, maj@k, formats",
         description="Evaluate a checkpoint on benchmarks (gsm8k, math500, aime24, aime25, aime22_24, echolab, "
-        "echolab_easy, echolab_hard): greedy pass@1, sampled pass@k (unbiased estimator) and maj@k, and the "
+        "echolab_easy, echolab_medium, echolab_hard): greedy pass@1, sampled pass@k (unbiased estimator) and maj@k, and the "
         "share and accuracy of every solution format. Writes results.json, metrics.jsonl and samples.jsonl "
         "into the run dir. With --all-steps or --steps, --checkpoint is a run dir and each of its kept "
         "checkpoints (step 0: the run's model.init) is evaluated into OUT/steps/step_<N>.json, one "
@@ -95,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", metavar="N,N,...",
                    help="evaluate these checkpoint steps of the run dir (0: its model.init); implies --all-steps' mode")
     p.add_argument("--benchmarks", help="comma-separated: gsm8k,math500,aime24,aime25,aime22_24,echolab,"
-                   "echolab_easy,echolab_hard")
+                   "echolab_easy,echolab_medium,echolab_hard")
     add_out_option(p, "run dir to write (default: the recipe's run_dir)")
     p.add_argument("--limit", type=int, help="first N problems of each benchmark")
     p.add_argument("--samples", type=int, help="samples per problem for pass@k/maj@k (0: greedy only)")

@@ -163,7 +163,8 @@ def test_difficulty_sets_select_by_step_count():
     from echo_nemo.eval.config import EvalConfig
     from echo_nemo.rl.run import _problems
 
-    sets = {name: echolab_set(name) for name in ("echolab_train_easy", "echolab_test_easy", "echolab_test_hard")}
+    sets = {name: echolab_set(name) for name in ("echolab_train_easy", "echolab_test_easy", "echolab_test_medium",
+                                                 "echolab_test_hard")}
     for name, probs in sets.items():
         lo, hi = ECHOLAB_SETS[name].steps
         assert probs and all(lo <= p.num_steps <= hi for p in probs), name
@@ -174,6 +175,7 @@ def test_difficulty_sets_select_by_step_count():
     train_keys = {p.key for p in sets["echolab_train_easy"]}
     assert not train_keys & {p.key for p in sets["echolab_test_hard"]}
     assert not train_keys & {p.key for p in sets["echolab_test_easy"]}
+    assert not train_keys & {p.key for p in sets["echolab_test_medium"]} and len(sets["echolab_test_medium"]) >= 200
     assert not {p.question for p in sets["echolab_train_easy"]} & {p.question for p in sets["echolab_test_hard"]}
     # the slice is of the stream a 1..5-step corpus renders (same seed): easy prompts were
     # pretraining documents of that corpus, as echolab_train's are of the default one
@@ -187,4 +189,4 @@ def test_difficulty_sets_select_by_step_count():
     assert [p.question for p in easy] == [p.question for p in sets["echolab_train_easy"][:50]]
     hard = load_problems(BENCHMARKS["echolab_hard"], limit=20)
     assert [p.answer for p in hard] == [p.answer_str for p in sets["echolab_test_hard"][:20]]
-    EvalConfig(benchmarks=["echolab_hard", "echolab_easy"]).validate()
+    EvalConfig(benchmarks=["echolab_hard", "echolab_medium", "echolab_easy"]).validate()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from study_helpers import REPO, write_study
+from study_helpers import REPO, STUDY, write_study
 
 from echo_nemo.errors import UserError
 from echo_nemo.launch.submit import DONE_MARKER, is_done
@@ -40,6 +40,20 @@ def test_plan_shares_pretraining_and_expands_levels_by_seed(tmp_path):
     assert ev.after == ["rl/f4/1.0/seed-0"] and "--all-steps" in ev.argv
     assert ev.argv[ev.argv.index("--checkpoint") + 1] == str(plan.study_dir / "rl/f4/1.0/seed-0")
     assert plan.study_dir == (tmp_path / "out" / "mini" / "full").resolve()
+
+
+
+def test_a_data_override_gets_its_own_build(tmp_path):
+    """A pretraining with data_overrides builds its own data, named by them: never the
+    plain build another finding made (which would count as done)."""
+    plain = f"text4x: {{data: {REPO}/recipes/data/echo_tg_omi1_4xomi2.yaml,"
+    study = write_study(tmp_path, STUDY.replace(plain, plain.replace("4xomi2.yaml,", "omi2.yaml, data_overrides: "
+                                                                       "[echolab.max_steps=5],")))
+    plan = plan_study(load_study(study), tmp_path / "out")
+    assert [r.key for r in plan.by_stage("data")] == ["data/echo_tg_omi1_omi2", "data/echo_tg_omi1_omi2__echolab.max_steps-5"]
+    data = {r.key: r for r in plan.runs}["data/echo_tg_omi1_omi2__echolab.max_steps-5"]
+    assert "echolab.max_steps=5" in data.argv
+    assert {r.key: r for r in plan.runs}["pretrain/text4x"].after == [data.key]
 
 
 def test_only_seeds_and_budget_narrow_the_plan(tmp_path):

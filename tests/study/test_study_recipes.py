@@ -57,19 +57,18 @@ def test_echolab_designs(tmp_path):
                                                                      if m.level == "tiny"]
     assert len(_levels(plan, "f4")) >= 3 and _levels(plan, "f6") == ["grpo", "ppo", "reinforce", "ei"]
     assert {_pretrain_of(plan, f, lv).pop() for f in ("f1", "f4", "f6") for lv in _levels(plan, f)} == {"pretrain/base"}
-    assert len(plan.by_stage("pretrain")) == 5  # base, tiny500, small500, text4x, text8x (f5: steps5)
+    assert len(plan.by_stage("pretrain")) == 5  # base, tiny500, small500, text4x, text8x
     assert len(plan.by_stage("rl")) == 3 + 6 + 6 + 9 + 12 and plan.cfg.seeds == 3
 
 
 def test_echolab_transfer_design(tmp_path):
-    """RL on easy prompts from a model pretrained on 1-5-step problems, the hard test set
-    evaluated before and after (validated: the easy/hard sets exist)."""
+    """RL on easy (1-2 step) prompts from the shared pretraining, the 3-step test problems
+    evaluated before and after (validated: the easy/medium sets exist)."""
     plan = plan_study(load_study(REPO / "recipes/study/echolab.yaml", only=["f5"]), tmp_path)
     rl = plan.by_stage("rl")
     assert len(rl) == 3 and all("data.train=echolab_train_easy" in r.argv for r in rl)
-    (data,) = plan.by_stage("data")  # named by its overrides: never f1's build, whatever runs with it
-    assert "echolab.max_steps=5" in data.argv and data.key == "data/echo_tg_omi1_omi2__echolab.max_steps-5"
+    assert [r.key for r in plan.by_stage("pretrain")] == ["pretrain/base"]
     before = [r for r in plan.by_stage("eval") if r.key.startswith("eval/pretrain/")]
-    assert [r.key for r in before] == ["eval/pretrain/steps5/hard"]
-    assert all("benchmarks=[echolab_hard]" in r.argv for r in plan.by_stage("eval"))
-    assert all(m.before == {"hard": "eval/pretrain/steps5/hard"} for m in plan.members["f5"])
+    assert [r.key for r in before] == ["eval/pretrain/base/medium"]
+    assert all("benchmarks=[echolab_medium]" in r.argv for r in plan.by_stage("eval"))
+    assert all(m.before == {"medium": "eval/pretrain/base/medium"} for m in plan.members["f5"])
