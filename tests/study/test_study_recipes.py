@@ -58,7 +58,10 @@ def test_echolab_designs(tmp_path):
     assert len(_levels(plan, "f4")) >= 3 and _levels(plan, "f6") == ["grpo", "ppo", "reinforce", "ei"]
     assert {_pretrain_of(plan, f, lv).pop() for f in ("f1", "f4", "f6") for lv in _levels(plan, f)} == {"pretrain/base"}
     assert len(plan.by_stage("pretrain")) == 5  # base, tiny500, small500, text4x, text8x
-    assert len(plan.by_stage("rl")) == 3 + 6 + 6 + 9 + 12 and plan.cfg.seeds == 3
+    # f1 3, f2 6, f3 6 more (1x = f2's tiny), f4 9, f6 9 more (GRPO = f4's KL-0 level)
+    assert len(plan.by_stage("rl")) == 3 + 6 + 6 + 9 + 9 and plan.cfg.seeds == 3
+    assert [m.rl for m in plan.members["f6"] if m.level == "grpo"] == [m.rl for m in plan.members["f4"]
+                                                                       if m.level == "0"]
 
 
 def test_echolab_transfer_design(tmp_path):
