@@ -72,11 +72,13 @@ class Progress:
         return (f"[study] {len(self.done)}/{total} runs done{failed} ({stages}) · "
                 f"elapsed {_clock(time.perf_counter() - self.started)} · ETA {_clock(eta)}")
 
-    def finished(self, run: StudyRun, outcome: str, took_s: float) -> None:
+    def finished(self, run: StudyRun, outcome: str, took_s: float, sharing: int = 1) -> None:
+        """`sharing`: runs that ran side by side with this one (a local wave): each counts its
+        share of the wall time towards the ETA's pace, so waves of two read twice as fast."""
         if outcome == "done":
             self.done.add(run.key)
             self.done_est_min += self.estimate(run)
-            self.done_actual_s += took_s
+            self.done_actual_s += took_s / sharing
         else:
             self.failed[run.key] = outcome
         self.echo(f"[study] {outcome:4s} {run.key} ({_clock(took_s)})" if outcome == "done"
@@ -132,7 +134,7 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
         with _threads_per_run(len(batch) if cluster == "local" and at_once else 0):
             wave = [(r, ex.submit(fn)) for r, fn in batch]
         for r, job in wave:
-            progress.finished(r, _outcome(job), time.perf_counter() - t0)
+            progress.finished(r, _outcome(job), time.perf_counter() - t0, sharing=len(wave))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from study_helpers import REPO, STUDY, write_study
 from echo_nemo.errors import UserError
 from echo_nemo.launch.submit import DONE_MARKER, is_done
 from echo_nemo.study.plan import load_study, plan_study, write_plan
-from echo_nemo.study.run import Progress, eta_seconds, run_stage
+from echo_nemo.study.run import Progress, _clock, eta_seconds, run_stage
 
 
 def test_plan_shares_pretraining_and_expands_levels_by_seed(tmp_path):
@@ -126,6 +126,19 @@ def test_eta_scales_the_estimate_by_the_pace_so_far():
     assert eta_seconds(10, 0, 0) == 600  # nothing done yet: the recipe's estimate
     assert eta_seconds(10, 4, 480) == 1200  # runs took twice their estimate
     assert eta_seconds(0, 4, 100) == 0
+
+
+def test_runs_side_by_side_count_their_share_of_the_wall_time(tmp_path):
+    plan = plan_study(load_study(write_study(tmp_path), only=["f1"]), tmp_path / "o")
+    rl = plan.by_stage("rl")  # f1: 3 seeds
+    lines: list[str] = []
+    progress = Progress(plan, echo=lines.append)
+    for r in rl[:2]:  # a wave of two that took 10 min of wall time together
+        progress.finished(r, "done", 600.0, sharing=2)
+    assert progress.done_actual_s == 600.0 and f"done {rl[1].key} (10m00s)" in lines[-2]
+    est = progress.estimate(rl[0])
+    left = sum(progress.estimate(r) for r in plan.runs if r.key not in progress.done)
+    assert progress.line().endswith(f"ETA {_clock(left * 60 * 600 / (2 * est * 60))}")
 
 
 def test_a_failed_run_skips_what_needs_it_and_the_report_is_still_written(tmp_path):
