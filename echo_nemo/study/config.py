@@ -101,8 +101,8 @@ class Budget:
     rl: list[str] = field(default_factory=list)
     eval: list[str] = field(default_factory=list)
     max_levels: int = 0  # > 0: only the first N levels of every factor (plumbing budgets)
-    # > 0: runs of a stage at once under --cluster local (instead of the profile's
-    # array_parallelism), each with OMP_NUM_THREADS = cores // at_once so they do not oversubscribe
+    # > 0: runs of every stage at once under --cluster local (instead of each stage's
+    # array_parallelism); runs side by side share the cores (OMP_NUM_THREADS = cores // runs)
     at_once: int = 0
     minutes: StageMinutes = field(default_factory=StageMinutes)
 

@@ -131,7 +131,7 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
     for start in range(0, len(jobs), width):
         t0 = time.perf_counter()
         batch = jobs[start : start + width]  # the last wave may be smaller: its runs get more cores
-        with _threads_per_run(len(batch) if cluster == "local" and at_once else 0):
+        with _threads_per_run(len(batch) if cluster == "local" and width > 1 else 0):
             wave = [(r, ex.submit(fn)) for r, fn in batch]
         for r, job in wave:
             progress.finished(r, _outcome(job), time.perf_counter() - t0, sharing=len(wave))

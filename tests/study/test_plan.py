@@ -4,6 +4,7 @@ dry-run prints every run; a finished run is skipped when the study runs again.""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from study_helpers import REPO, STUDY, write_study
@@ -173,3 +174,18 @@ def test_run_names_do_not_depend_on_only(tmp_path):
     assert [r.key for r in alone.by_stage("pretrain")] == ["pretrain/base"]  # text4x is not needed
     saved = json.loads(write_plan(alone).read_text())
     assert saved["selected"] == ["f6"] and list(saved["findings"]) == ["f1", "f3", "f4", "f5", "f6"]
+
+
+def test_local_runs_side_by_side_share_the_cores(monkeypatch):
+    from echo_nemo.study.run import _threads_per_run
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with _threads_per_run(2):
+        assert os.environ["OMP_NUM_THREADS"] == "4"
+    with _threads_per_run(16):  # never below one thread
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert os.environ["OMP_NUM_THREADS"] == "3"  # restored
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with _threads_per_run(0):  # one at a time (or SLURM): torch's own default
+        assert "OMP_NUM_THREADS" not in os.environ
