@@ -29,6 +29,8 @@ from echo_nemo.launch.submit import LOG_DIR, PointJob, is_done, make_executor
 from echo_nemo.study.config import STAGES
 from echo_nemo.study.plan import StudyPlan, StudyRun
 
+POLL_S = 2.0  # how often a local pool looks for a finished run
+
 
 def eta_seconds(remaining_est_min: float, done_est_min: float, done_actual_s: float) -> float:
     """Seconds left: the recipe's estimate of the remaining runs, scaled by how fast the runs
@@ -128,13 +130,23 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
     at_once = plan.cfg.budgets[plan.budget].at_once
     if cluster == "local" and at_once:
         width = at_once
-    for start in range(0, len(jobs), width):
-        t0 = time.perf_counter()
-        batch = jobs[start : start + width]  # the last wave may be smaller: its runs get more cores
-        with _threads_per_run(len(batch) if cluster == "local" and width > 1 else 0):
-            wave = [(r, ex.submit(fn)) for r, fn in batch]
-        for r, job in wave:
-            progress.finished(r, _outcome(job), time.perf_counter() - t0, sharing=len(wave))
+    # a pool of `width` slots: the next run starts as soon as one finishes (runs of unequal
+    # length, e.g. two model sizes, leave no core idle until the stage's last run)
+    running: list[tuple[StudyRun, object, float, int]] = []
+    while jobs or running:
+        while jobs and len(running) < width:
+            r, fn = jobs.pop(0)
+            side_by_side = min(width, len(running) + 1 + len(jobs))  # the tail's runs get more cores
+            with _threads_per_run(side_by_side if width > 1 else 0):
+                running.append((r, ex.submit(fn), time.perf_counter(), side_by_side))
+        finished = [item for item in running if item[1].done()] if width > 1 else running[:1]
+        if not finished:
+            time.sleep(POLL_S)
+            continue
+        for item in finished:
+            r, job, t0, sharing = item
+            running.remove(item)
+            progress.finished(r, _outcome(job), time.perf_counter() - t0, sharing=sharing)
 
 
 @contextlib.contextmanager
