@@ -221,7 +221,13 @@ def algorithms(levels: dict[str, list[Seed]]) -> Verdict:
 
 def judge(rule: str, levels: dict[str, list[Seed]], bench: str) -> Verdict:
     """The verdict of a finding by its rule name (config.VERDICT_RULES). Runs with no output in
-    any solution format (e.g. a smoke budget's untrained model) measure nothing about formats."""
+    any solution format (e.g. a smoke budget's untrained model) measure nothing about formats.
+    A level with no finished run yet is left out (named in the text): it is not a level whose
+    seeds split, and a comparison needs both its ends."""
+    missing = [lv for lv, s in levels.items() if not s]
+    if missing:
+        v = judge(rule, {lv: s for lv, s in levels.items() if s}, bench)
+        return Verdict(v.verdict, f"{v.measured} (no runs yet: {', '.join(missing)})", v.seeds)
     seeds = [s for v in levels.values() for s in v]
     if rule != "transfer" and seeds and not any(s.measures.get("top_format") for s in seeds):
         return Verdict(NOT_MEASURED, f"no generation in a solution format in any of the {len(seeds)} runs "

@@ -93,3 +93,15 @@ def test_spread_over_seeds():
     assert (s.n, s.mean, s.sd, s.lo, s.hi) == (3, 6.0, 2.0, 4.0, 8.0)
     assert s.text("{:.1f}") == "6.0 ± 2.0 (n=3)"
     assert M.spread([0.5]).sd == 0.0 and M.spread([None]).n == 0 and M.spread([]).text() == "–"
+
+
+def test_a_level_with_no_runs_yet_is_not_a_split_level():
+    from echo_nemo.study.verdict import NOT_HOLDS, NOT_MEASURED, Seed, judge
+
+    def run(fmt: str) -> Seed:
+        return Seed(0, {"top_format": fmt, "top_share": 0.9, "acc_last": 0.5})
+
+    v = judge("mixture", {"1x": [run("llm_code")], "4x": [], "8x": []}, "echolab")
+    assert v.verdict == NOT_MEASURED and v.measured.endswith("(no runs yet: 4x, 8x)")
+    v = judge("scale", {"tiny": [run("llm_code")], "small": [run("llm_code")], "big": []}, "echolab")
+    assert v.verdict == NOT_HOLDS and "big" not in v.measured.split(" (no runs")[0]
