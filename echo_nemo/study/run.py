@@ -2,7 +2,8 @@
 
     for stage in data, pretrain, rl, eval:
         skip runs already done (their `.sweep_done` marker) and runs whose input failed
-        submit the rest (one submitit executor per stage: its profile and resources)
+        submit the rest (one submitit executor per stage: its profile and resources; locally
+        a pool of the stage's array_parallelism slots, the cores shared between them)
         wait for each, printing progress: runs done / total, elapsed, ETA
     write the report (echo_nemo.report.study)
 
@@ -75,8 +76,8 @@ class Progress:
                 f"elapsed {_clock(time.perf_counter() - self.started)} · ETA {_clock(eta)}")
 
     def finished(self, run: StudyRun, outcome: str, took_s: float, sharing: int = 1) -> None:
-        """`sharing`: runs that ran side by side with this one (a local wave): each counts its
-        share of the wall time towards the ETA's pace, so waves of two read twice as fast."""
+        """`sharing`: how many local runs shared the cores when this one started (itself
+        included): it counts that share of its wall time towards the ETA's pace."""
         if outcome == "done":
             self.done.add(run.key)
             self.done_est_min += self.estimate(run)
