@@ -22,8 +22,8 @@ def test_smoke_study_runs_end_to_end_and_resumes(tmp_path, cli):
     plan = json.loads((study / "plan.json").read_text())
     assert plan["selected"] == ["f1", "f6"]
     rl = sorted({m["rl"] for fid in plan["selected"] for m in plan["findings"][fid]["members"]})
-    # f6's GRPO level is f4's KL-0 level (same overrides): its runs carry f4's name
-    assert rl == [f"rl/{f}/{lv}/seed-{s}" for f, lv in (("f1", "grpo"), ("f4", "0"), ("f6", "ppo")) for s in (0, 1)]
+    # f6's GRPO level is also f2's tiny, f3's 1x and f4's KL-0 level: its runs carry f2's name
+    assert rl == [f"rl/{f}/{lv}/seed-{s}" for f, lv in (("f1", "grpo"), ("f2", "tiny"), ("f6", "ppo")) for s in (0, 1)]
     assert all(is_done(study / key) for key in rl)
     assert "8/8 runs done (data 1/1 pretrain 1/1 rl 6/6)" in res.stdout and "ETA" in res.stdout
     for key in rl:  # real RL runs: a row per step with format shares, the final greedy eval
@@ -34,11 +34,12 @@ def test_smoke_study_runs_end_to_end_and_resumes(tmp_path, cli):
 
     page = (study / "report" / "index.html").read_text()
     verdicts = json.loads((study / "report" / "verdicts.json").read_text())
-    # the report gathers every finding with runs: f4 too, partly (its KL-0 level is f6's GRPO)
-    assert [v["finding"] for v in verdicts] == ["f1 collapse onto one format", "f4 KL coefficient", "f6 algorithms"]
-    assert [v["runs"] for v in verdicts] == ["2/2", "2/4", "4/4"] and all(v["seeds"] == 2 for v in verdicts)
+    # the report gathers every finding with runs: f2, f3 and f4 too, partly (the shared level)
+    assert [v["finding"].split()[0] for v in verdicts] == ["f1", "f2", "f3", "f4", "f6"]
+    assert [v["runs"] for v in verdicts] == ["2/2", "2/4", "2/4", "2/4", "4/4"] and all(v["seeds"] == 2 for v in verdicts)
     assert all(v["verdict"] in ("holds", "does not hold", "mixed", "not measured") for v in verdicts)
-    assert "<h2>Verdicts</h2>" in page and page.count("<td>" + verdicts[2]["verdict"] + "</td>") >= 1
+    assert all("no runs yet" in v["measured"] for v in verdicts[1:4])
+    assert "<h2>Verdicts</h2>" in page and page.count("<td>" + verdicts[-1]["verdict"] + "</td>") >= 1
     assert 'alt="f6_format_share.png"' in page and 'alt="f1_accuracy.png"' in page
 
     again = cli(*args, env={"OMP_NUM_THREADS": "1"})
