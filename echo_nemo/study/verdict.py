@@ -12,7 +12,7 @@ The rules, one per finding kind:
   run's steps ("coincides"); NOT if no seed collapses; MIXED otherwise.
 - scale: each level's winner is the final top format of most of its seeds (none on a tie).
   HOLDS if every level has a winner and they are not all the same; NOT if every level has
-  the same winner; MIXED otherwise (seeds split).
+  the same winner; MIXED otherwise (seeds split); not measured with fewer than two sizes.
 - mixture: parts (a) the winner of the last level (most repeats) differs from the first
   level's; (b) mean final accuracy of the last level is below the first level's.
 - kl: levels ordered by their numeric label. Parts (a) mean minority-format share retained
@@ -108,8 +108,8 @@ def collapse(levels: dict[str, list[Seed]]) -> Verdict:
 
 def scale(levels: dict[str, list[Seed]]) -> Verdict:
     winners = {lv: winner(s) for lv, s in levels.items()}
-    if not levels:
-        return Verdict(NOT_MEASURED, "no runs", 0)
+    if len(levels) < 2:  # one size alone cannot show that size decides
+        return Verdict(NOT_MEASURED, "needs two or more scales", _n(levels))
     found = [w for w in winners.values() if w]
     if len(found) == len(winners) and len(set(found)) > 1:
         v = HOLDS

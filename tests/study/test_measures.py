@@ -105,3 +105,5 @@ def test_a_level_with_no_runs_yet_is_not_a_split_level():
     assert v.verdict == NOT_MEASURED and v.measured.endswith("(no runs yet: 4x, 8x)")
     v = judge("scale", {"tiny": [run("llm_code")], "small": [run("llm_code")], "big": []}, "echolab")
     assert v.verdict == NOT_HOLDS and "big" not in v.measured.split(" (no runs")[0]
+    v = judge("scale", {"tiny": [run("llm_code")], "small": []}, "echolab")
+    assert v.verdict == NOT_MEASURED and v.measured == "needs two or more scales (no runs yet: small)"
