@@ -125,6 +125,43 @@ def is_done(run_dir: Path) -> bool:
     return (run_dir / DONE_MARKER).is_file()
 
 
+def changed_since_done(run_dir: Path, argv: list[str], root: Path | None = None) -> tuple[list[str], list[str]] | None:
+    """How `argv` differs from the command line that finished `run_dir`: (tokens it had,
+    tokens it has now), or None when they agree or the marker holds no command line.
+
+    A run is never redone once marked, so a recipe edited after the run finished would
+    otherwise be reported with the old run's results. Paths are compared as `<run>` (the
+    run's own folder) and `<root>` (the folder above it that holds the whole sweep or study):
+    a run renamed within it, or the whole folder moved, still matches its command."""
+    try:
+        marker = json.loads((run_dir / DONE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    old = marker.get("argv") if isinstance(marker, dict) else None
+    if not isinstance(old, list):
+        return None
+    old_dir = str(marker.get("run_dir") or run_dir)  # older markers: where it lies now
+    pairs_was, pairs_now = [(old_dir, "<run>")], [(str(run_dir), "<run>")]
+    if root is not None:
+        rel = str(run_dir.relative_to(root))
+        old_root = old_dir[: -len(rel) - 1] if old_dir.endswith("/" + rel) else str(root)
+        pairs_was.append((old_root, "<root>"))
+        pairs_now.append((str(root), "<root>"))
+
+    def settled(tokens: list, pairs: list[tuple[str, str]]) -> list[str]:
+        out = []
+        for t in map(str, tokens):
+            for path, name in pairs:
+                t = t.replace(path, name)
+            out.append(t)
+        return out
+
+    was, now = settled(old, pairs_was), settled(argv, pairs_now)
+    if was == now:
+        return None
+    return [t for t in was if t not in now], [t for t in now if t not in was]
+
+
 # ----------------------------------------------------------------------------- the job
 def _export_torchrun_env() -> None:
     """Outside SLURM (submitit's local executor) give multi-task jobs torchrun variables."""
@@ -182,7 +219,7 @@ class PointJob(submitit.helpers.Checkpointable):
         if _global_rank() == 0:
             marker = run_dir / DONE_MARKER
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"finished": time.time(), "argv": self.argv}) + "\n")
+            marker.write_text(json.dumps({"finished": time.time(), "argv": self.argv, "run_dir": self.run_dir}) + "\n")
         return str(run_dir)
 
     def _after_stop(self) -> None:
@@ -309,7 +346,10 @@ def points_to_submit(plan: SweepPlan) -> tuple[list[Point], dict[str, str]]:
                 skipped[st.name] = st.state
     for p in plan.points:  # the marker is the truth for done, whatever the job records say
         if is_done(plan.run_dir(p)):
-            skipped[p.name] = "done"
+            changed = changed_since_done(plan.run_dir(p), plan.argv(p), plan.sweep_dir)
+            skipped[p.name] = "done" if changed is None else (
+                f"done (with {' '.join(changed[0]) or 'nothing else'}; the recipe now gives "
+                f"{' '.join(changed[1]) or 'nothing else'}: move its folder away to rerun it)")
     return [p for p in plan.points if p.name not in skipped], skipped
 
 

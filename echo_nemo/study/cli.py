@@ -1,5 +1,5 @@
 """`echo-nemo study RECIPE [--only f1,f3] [--seeds N] [--budget smoke|full] [--cluster local|slurm|debug]
-[--dry-run] [k=v ...]`: plan, run and report a whole study (recipes/study/*.yaml)."""
+[--dry-run] [--reuse-done] [k=v ...]`: plan, run and report a whole study (recipes/study/*.yaml)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from echo_nemo.launch.config import CLUSTERS
 
 def _run(args: argparse.Namespace) -> int:
     from echo_nemo.launch.submit import is_done
-    from echo_nemo.study.plan import describe, load_study, plan_study, write_plan
+    from echo_nemo.study.plan import describe, load_study, plan_study, refuse_changed, write_plan
 
     only = [f.strip() for f in args.only.split(",") if f.strip()] if args.only else None
     cfg = load_study(args.recipe, args.overrides, only=only, seeds=args.seeds, budget=args.budget)
     plan = plan_study(cfg, args.out)
     done = {r.key for r in plan.runs if is_done(r.run_dir)}
+    if not args.reuse_done:
+        refuse_changed(plan, done)
     print(describe(plan, done))
     from echo_nemo.study.run import run_study, stage_profiles
 
@@ -55,4 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="parent of the study folder (default: the recipe's out_dir); the folder is DIR/NAME/BUDGET")
     p.add_argument("--dry-run", action="store_true", help="print every run and its command line, run nothing")
+    p.add_argument("--reuse-done", action="store_true",
+                   help="keep finished runs whose command line the recipe has since changed (default: refuse)")
     p.set_defaults(func=_run)

@@ -247,3 +247,23 @@ def describe(plan: StudyPlan, done: set[str]) -> str:
         for r in stage_runs:
             lines.append(f"  {'done' if r.key in done else 'todo':4s} {r.key}\n       {r.command()}")
     return "\n".join(lines)
+
+
+def refuse_changed(plan: StudyPlan, done: set[str]) -> None:
+    """Exit 2 when a finished run's command line is no longer the one the recipe gives it:
+    its results would be reported under the new design (e.g. a pretraining whose steps the
+    recipe raised since). The user moves the run away to redo it, or keeps it knowingly."""
+    from echo_nemo.launch.submit import changed_since_done
+
+    lines = []
+    for r in plan.runs:
+        diff = changed_since_done(r.run_dir, r.argv, plan.study_dir) if r.key in done else None
+        if diff:
+            was, now = diff
+            lines.append(f"  {r.key}: ran with {' '.join(map(_short, was)) or '(nothing else)'}; "
+                         f"the recipe now gives {' '.join(map(_short, now)) or '(nothing else)'}")
+    if lines:
+        raise UserError("finished run(s) no longer match the study recipe:\n" + "\n".join(lines)
+                        + f"\nmove each such folder out of {plan.study_dir} to run it again, "
+                        "or pass --reuse-done to keep the old results")
+

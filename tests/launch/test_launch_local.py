@@ -31,6 +31,11 @@ profile: local
     assert "optim:\n  lr: 0.002" in (run / "config.yaml").read_text()
     status = cli("sweep", "status", tmp_path / "loc")
     assert status.returncode == 0 and "done: 1" in status.stdout
+    # the recipe now asks for more steps: the finished point is not redone, and says why
+    recipe.write_text(recipe.read_text().replace('"train.steps=2"', '"train.steps=3"'))
+    again = cli("sweep", recipe, "--cluster", "local", "--dry-run")
+    assert again.returncode == 0, again.stderr
+    assert "done (with train.steps=2; the recipe now gives train.steps=3: move its folder away" in again.stdout
 
 
 def test_failing_point_is_reported_failed_and_exit_1(cli, tmp_path):

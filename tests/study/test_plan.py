@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 from study_helpers import REPO, STUDY, write_study
 
 from echo_nemo.errors import UserError
-from echo_nemo.launch.submit import DONE_MARKER, is_done
-from echo_nemo.study.plan import load_study, plan_study, write_plan
+from echo_nemo.launch.submit import DONE_MARKER, changed_since_done, is_done
+from echo_nemo.study.plan import load_study, plan_study, refuse_changed, write_plan
 from echo_nemo.study.run import Progress, _clock, eta_seconds, run_stage
 
 
@@ -121,6 +122,41 @@ def test_a_finished_run_is_skipped_when_the_study_runs_again(tmp_path):
     run_stage(plan, "data", "debug", progress)
     assert again == [] and (built.run_dir / DONE_MARKER).stat().st_mtime_ns == stamp
     assert json.loads((plan.study_dir / "plan.json").read_text())["findings"]["f3"]["levels"] == ["1x", "4x"]
+
+
+def test_a_finished_run_whose_command_changed_is_refused(tmp_path, cli):
+    """A run is done once; if the recipe later gives it another command line, the study
+    stops (exit 2) naming the run and what changed, unless --reuse-done. A study folder
+    moved elsewhere, or a run renamed within it, still matches."""
+    recipe = write_study(tmp_path)
+    plan = plan_study(load_study(recipe, only=["f3"], seeds=1, budget="smoke"), tmp_path / "o")
+    built = plan.by_stage("data")[0]
+    progress = Progress(plan, done=set(), echo=lambda line: None)
+    run_stage(plan, "data", "debug", progress)  # a real PointJob writes the marker
+    assert built.key in progress.done
+    refuse_changed(plan, {built.key})  # unchanged: accepted
+
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(tmp_path / "o"), moved)
+    plan = plan_study(load_study(recipe, only=["f3"], seeds=1, budget="smoke"), moved)
+    moved_run = {r.key: r for r in plan.runs}[built.key]
+    assert is_done(moved_run.run_dir) and changed_since_done(moved_run.run_dir, moved_run.argv, plan.study_dir) is None
+    assert changed_since_done(moved_run.run_dir, moved_run.argv + ["echolab.max_steps=5"], plan.study_dir) == (
+        [], ["echolab.max_steps=5"])
+
+    # the recipe now pretrains longer than the finished run did
+    pre = {r.key: r for r in plan.runs}["pretrain/base"]
+    pre.run_dir.mkdir(parents=True)
+    old_argv = [a for a in pre.argv if not a.startswith("train.steps=")] + ["train.steps=1"]
+    (pre.run_dir / DONE_MARKER).write_text(json.dumps({"argv": old_argv, "run_dir": str(pre.run_dir)}))
+    res = cli("study", str(recipe), "--only", "f3", "--seeds", "1", "--budget", "smoke", "--dry-run", "--out", str(moved))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "pretrain/base: ran with train.steps=1" in res.stderr and "--reuse-done" in res.stderr
+    assert "data/" not in res.stderr  # the matching run is not named
+    res = cli("study", str(recipe), "--only", "f3", "--seeds", "1", "--budget", "smoke", "--dry-run",
+              "--reuse-done", "--out", str(moved))
+    assert res.returncode == 0, res.stderr
+    assert "done pretrain/base" in res.stdout
 
 
 def test_eta_scales_the_estimate_by_the_pace_so_far():
