@@ -11,6 +11,13 @@ import pytest
 from shared_helpers import shared_texts
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The suite runs under pytest-xdist (pyproject's addopts: one worker per core, at most 4).
+# Each worker gets its share of the cores as torch threads, inherited by the CLI processes
+# it starts: torch on every core next to other CPU load slows down many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
@@ -63,16 +70,19 @@ def cli():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip `gpu` tests cleanly when CUDA is absent."""
+    """Skip `gpu` tests cleanly when CUDA is absent; under xdist keep the `slurm` tests on
+    one worker (they share one session-wide cluster) and hand out the `slow` ones first, so
+    that no worker is left with a long test at the end."""
     try:
         import torch
 
         has_cuda = torch.cuda.is_available()
     except Exception:
         has_cuda = False
-    if has_cuda:
-        return
     skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
     for item in items:
-        if "gpu" in item.keywords:
+        if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip)
+        if "slurm" in item.keywords:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise

@@ -18,7 +18,7 @@ from echo_nemo.launch.config import ClusterProfile
 from echo_nemo.launch.submit import make_executor
 from echo_nemo.metrics import read_metrics
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def test_two_task_job_runs_tp2_forward_equal_to_tp1(slurm_cluster, tmp_path):
