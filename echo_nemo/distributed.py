@@ -1,7 +1,9 @@
 """Process groups, tensor/data parallel init, and megatron-core's CPU compatibility.
 
-This is the only module that patches megatron-core or torch. The patches are applied
-by `init_distributed` (or `apply_cpu_patches`) and only when CUDA is absent:
+This is the only module that patches megatron-core or torch (besides one wrap that must
+precede any megatron import: `echo_nemo/__init__.py` makes megatron's torch.compile'd
+kernels compile at their first call, not at import). The patches are applied by
+`init_distributed` (or `apply_cpu_patches`) and only when CUDA is absent:
 
 - `torch.cuda.current_device()` is called by RoPE and attention to place buffers:
   on CPU it answers "cpu".
