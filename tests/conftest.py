@@ -70,9 +70,10 @@ def cli():
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip `gpu` tests cleanly when CUDA is absent; under xdist keep the `slurm` tests on
-    one worker (they share one session-wide cluster) and hand out the `slow` ones first, so
-    that no worker is left with a long test at the end."""
+    """Skip `gpu` tests cleanly when CUDA is absent. Under xdist, a module's tests stay on
+    one worker (its module-scoped runs are made once), the `slurm` tests together (they
+    share one session-wide cluster), and modules with `slow` tests are handed out first,
+    so that no worker is left with a long test at the end."""
     try:
         import torch
 
@@ -80,9 +81,11 @@ def pytest_collection_modifyitems(config, items):
     except Exception:
         has_cuda = False
     skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
+    group = {}
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip)
-        if "slurm" in item.keywords:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: file order otherwise
+        group[item] = "slurm" if "slurm" in item.keywords else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group[item]))
+    slow = {group[item] for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: group[item] not in slow)  # stable: file order otherwise
