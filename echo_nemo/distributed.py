@@ -327,10 +327,18 @@ def run_distributed(fn: Callable, world_size: int, *args: Any) -> None:
     """
     import torch.multiprocessing as mp
 
-    mp.start_processes(
-        _spawn_entry,
-        args=(world_size, free_port(), fn, args),
-        nprocs=world_size,
-        join=True,
-        start_method="spawn",
-    )
+    for attempt in range(3):
+        try:
+            mp.start_processes(
+                _spawn_entry,
+                args=(world_size, free_port(), fn, args),
+                nprocs=world_size,
+                join=True,
+                start_method="spawn",
+            )
+            return
+        except mp.ProcessRaisedException as e:
+            # the port was free when picked, but another process (a parallel test) can
+            # take it before rank 0 listens on it: pick another
+            if "EADDRINUSE" not in str(e) or attempt == 2:
+                raise

@@ -63,3 +63,33 @@ def test_dp2_matches_one_process_on_the_whole_batch(tmp_path):
     assert abs(ref["loss"].item() - dp2["loss"].item()) <= 1e-5
     for name, g in ref["grads"].items():
         torch.testing.assert_close(dp2["grads"][name], g, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def _write_world(out: str) -> None:
+    from echo_nemo.distributed import init_distributed
+
+    init_distributed(tp=1, seed=0)
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        open(out, "w").write(str(dist.get_world_size()))
+
+
+def test_a_port_taken_before_rank_0_listens_is_replaced(tmp_path, monkeypatch):
+    """free_port() can hand out a port another process takes a moment later (parallel
+    tests): run_distributed then retries on a fresh port instead of failing."""
+    import socket
+
+    import echo_nemo.distributed as D
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]
+    real = D.free_port
+    monkeypatch.setattr(D, "free_port", lambda: ports.pop() if ports else real())
+    try:
+        run_distributed(_write_world, 2, str(tmp_path / "world"))
+    finally:
+        taken.close()
+    assert (tmp_path / "world").read_text() == "2" and ports == []
