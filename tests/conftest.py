@@ -11,6 +11,7 @@ import pytest
 from shared_helpers import shared_texts
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 # The suite runs under pytest-xdist (pyproject's addopts: one worker per core, at most 4).
 # Each worker gets its share of the cores as torch threads, inherited by the CLI processes
@@ -18,7 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
 @pytest.fixture(scope="session")

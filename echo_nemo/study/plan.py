@@ -266,4 +266,3 @@ def refuse_changed(plan: StudyPlan, done: set[str]) -> None:
         raise UserError("finished run(s) no longer match the study recipe:\n" + "\n".join(lines)
                         + f"\nmove each such folder out of {plan.study_dir} to run it again, "
                         "or pass --reuse-done to keep the old results")
-
