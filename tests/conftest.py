@@ -49,11 +49,11 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str 
     full_env = {**os.environ, **(env or {})}
     launch = [sys.executable, "-m", "echo_nemo.cli"]
     if nproc > 1:
-        from echo_nemo.net import free_port
-
         full_env.setdefault("OMP_NUM_THREADS", "1")
-        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                  f"--master_port={free_port()}", "-m", "echo_nemo.cli"]
+        # --standalone: torchrun binds the rendezvous port itself; a port picked here could
+        # be taken by a parallel test before rank 0 listens
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                  "-m", "echo_nemo.cli"]
     return subprocess.run(
         [*launch, *map(str, args)],
         capture_output=True,

@@ -35,8 +35,8 @@ def cli(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.Complete
     launch = [sys.executable, "-m", "echo_nemo.cli"]
     if nproc > 1:
         launch = [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            f"--master_port={free_port()}", "-m", "echo_nemo.cli",
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "echo_nemo.cli",
         ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(launch + list(args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
