@@ -44,6 +44,7 @@ class Pretraining:
     recipe: str = ""
     data_overrides: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
+    cost: float = 1.0  # its length in units of the budget's pretrain minutes (see Level.cost)
 
 
 @dataclass
@@ -53,6 +54,9 @@ class Level:
     pretrain: str | None = None  # a name in the study's `pretrain:`; None = the finding's
     rl_recipe: str | None = None  # None = the finding's
     rl: list[str] = field(default_factory=list)
+    # the length of its RL runs in units of the budget's rl minutes: the ETA counts it, and
+    # longer runs start first, so that a stage does not end on one long run alone
+    cost: float = 1.0
 
 
 @dataclass
@@ -144,6 +148,8 @@ class StudyConfig:
         for name, p in self.pretrain.items():
             if not (p.data and p.recipe):
                 raise UserError(f"{where}: pretrain.{name} needs `data` (recipes/data) and `recipe` (recipes/pretrain)")
+            if p.cost <= 0:
+                raise UserError(f"{where}: pretrain.{name}.cost must be > 0, got {p.cost}")
         for fid, f in self.findings.items():
             fw = f"{where}, finding {fid}"
             if not _NAME.fullmatch(fid):
@@ -155,6 +161,8 @@ class StudyConfig:
             if not f.levels:
                 raise UserError(f"{fw}: `levels` must hold at least one level")
             for label, level in f.levels.items():
+                if level.cost <= 0:
+                    raise UserError(f"{fw}, level {label}: cost must be > 0, got {level.cost}")
                 if not _NAME.fullmatch(label):
                     raise UserError(f"{fw}: level {label!r} must use only letters, digits, '_', '.', '+', '-'")
                 pre = level.pretrain or f.pretrain

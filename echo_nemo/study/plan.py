@@ -39,6 +39,7 @@ class StudyRun:
     argv: list[str]  # `echo-nemo ARGV`
     run_dir: Path
     after: list[str] = field(default_factory=list)  # keys of the runs it needs
+    cost: float = 1.0  # expected length in units of the budget's minutes for its stage
 
     def command(self) -> str:
         return "echo-nemo " + shlex.join(_short(a) for a in self.argv)
@@ -131,14 +132,14 @@ def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, valid
     runs: dict[str, StudyRun] = {}
     by_signature: dict[str, str] = {}
 
-    def add(stage: str, key: str, signature: Any, argv_of, after: list[str]) -> str:
+    def add(stage: str, key: str, signature: Any, argv_of, after: list[str], cost: float = 1.0) -> str:
         sig = json.dumps([stage, signature])
         if sig in by_signature:
             return by_signature[sig]
         if key in runs:  # same name, different content (e.g. one data recipe, two overrides)
             key = f"{key}-{zlib.crc32(sig.encode()) % 16**6:06x}"
         run_dir = study_dir / key
-        runs[key] = StudyRun(stage, key, argv_of(run_dir), run_dir, after)
+        runs[key] = StudyRun(stage, key, argv_of(run_dir), run_dir, after, cost)
         by_signature[sig] = key
         return key
 
@@ -154,7 +155,7 @@ def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, valid
         pre_recipe = _recipe(p.recipe, f"pretrain.{name}")
         over = [*p.overrides, *budget.pretrain, f"data.shards={runs[data_key].run_dir}"]
         return add("pretrain", f"pretrain/{name}", [pre_recipe, over],
-                   lambda d: ["pretrain", pre_recipe, *over, f"run_dir={d}"], [data_key])
+                   lambda d: ["pretrain", pre_recipe, *over, f"run_dir={d}"], [data_key], p.cost)
 
     def evaluation(key: str, spec_index: int, f: Finding, target: str) -> tuple[str, str]:
         spec = f.evals[spec_index]
@@ -186,7 +187,7 @@ def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, valid
             for seed in range(cfg.seeds):
                 over = [*f.rl, *level.rl, *budget.rl, f"model.init={runs[pre_key].run_dir}", f"seed={seed}"]
                 rl_key = add("rl", f"rl/{fid}/{label}/seed-{seed}", [rl_recipe, over],
-                             lambda d, r=rl_recipe, o=over: ["rl", r, *o, f"run_dir={d}"], [pre_key])
+                             lambda d, r=rl_recipe, o=over: ["rl", r, *o, f"run_dir={d}"], [pre_key], level.cost)
                 m = Member(label, seed, rl_key, before=dict(before))
                 for i, spec in enumerate(f.evals):
                     lbl = spec.label or f"eval{i}"

@@ -2,7 +2,7 @@
 
     for stage in data, pretrain, rl, eval:
         skip runs already done (their `.sweep_done` marker) and runs whose input failed
-        submit the rest (one submitit executor per stage: its profile and resources; locally
+        submit the rest, longest first (one submitit executor per stage: its profile and resources; locally
         a pool of the stage's array_parallelism slots, the cores shared between them)
         wait for each, printing progress: runs done / total, elapsed, ETA
     write the report (echo_nemo.report.study)
@@ -63,7 +63,7 @@ class Progress:
     echo: Callable[[str], None] = print
 
     def estimate(self, run: StudyRun) -> float:
-        return float(getattr(self.plan.cfg.budgets[self.plan.budget].minutes, run.stage))
+        return float(getattr(self.plan.cfg.budgets[self.plan.budget].minutes, run.stage)) * run.cost
 
     def line(self) -> str:
         total = len(self.plan.runs)
@@ -98,6 +98,12 @@ def _outcome(job) -> str:
         return f"failed: {text.splitlines()[-1] if text else type(e).__name__}"
 
 
+def launch_order(runs: list[StudyRun]) -> list[StudyRun]:
+    """Longest first (by `cost`; plan order among equals): a pool of slots then ends on
+    short runs, not on one long run alone while the other slots idle."""
+    return sorted(runs, key=lambda r: -r.cost)
+
+
 def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> None:
     """Submit the stage's runs still to do and wait for them (see the module docstring)."""
     todo = []
@@ -114,7 +120,7 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
     profile = stage_profiles(plan)[stage]
     folder = plan.study_dir / LOG_DIR / stage / "%j"
     ex = make_executor(cluster, profile, folder, f"echo-{plan.cfg.name}-{stage}")
-    jobs = [(r, PointJob(r.argv, str(r.run_dir))) for r in todo]
+    jobs = [(r, PointJob(r.argv, str(r.run_dir))) for r in launch_order(todo)]
     progress.echo(f"[study] stage {stage}: {len(todo)} run(s) to do ({cluster})")
     if cluster == "slurm":  # one job array per stage; SLURM runs what fits
         t0 = time.perf_counter()

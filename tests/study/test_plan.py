@@ -13,7 +13,7 @@ from study_helpers import REPO, STUDY, write_study
 from echo_nemo.errors import UserError
 from echo_nemo.launch.submit import DONE_MARKER, changed_since_done, is_done
 from echo_nemo.study.plan import load_study, plan_study, refuse_changed, write_plan
-from echo_nemo.study.run import Progress, _clock, eta_seconds, run_stage
+from echo_nemo.study.run import Progress, _clock, eta_seconds, launch_order, run_stage
 
 
 def test_plan_shares_pretraining_and_expands_levels_by_seed(tmp_path):
@@ -176,6 +176,23 @@ def test_runs_side_by_side_count_their_share_of_the_wall_time(tmp_path):
     est = progress.estimate(rl[0])
     left = sum(progress.estimate(r) for r in plan.runs if r.key not in progress.done)
     assert progress.line().endswith(f"ETA {_clock(left * 60 * 600 / (2 * est * 60))}")
+
+
+def test_a_costlier_level_counts_longer_and_starts_first(tmp_path):
+    """A level's `cost` (e.g. Expert Iteration's longer runs) scales its runs' estimate, and
+    its runs start before the stage's cheaper ones, in plan order among equals."""
+    text = STUDY.replace("ppo: {rl: [algorithm=ppo]}", "ppo: {rl: [algorithm=ppo], cost: 2.5}")
+    assert text != STUDY
+    plan = plan_study(load_study(write_study(tmp_path, text), only=["f6"]), tmp_path / "o")
+    rl = plan.by_stage("rl")
+    assert [r.key for r in rl][:3] == [f"rl/f1/grpo/seed-{s}" for s in range(3)]  # plan order
+    assert [r.key for r in launch_order(rl)] == (
+        [f"rl/f6/ppo/seed-{s}" for s in range(3)] + [f"rl/f1/grpo/seed-{s}" for s in range(3)])
+    progress = Progress(plan, echo=lambda line: None)
+    minutes = plan.cfg.budgets[plan.budget].minutes.rl
+    assert [progress.estimate(r) for r in launch_order(rl)] == [2.5 * minutes] * 3 + [minutes] * 3
+    with pytest.raises(UserError, match="level ppo: cost must be > 0"):
+        load_study(write_study(tmp_path, text.replace("cost: 2.5", "cost: 0")))
 
 
 def test_a_failed_run_skips_what_needs_it_and_the_report_is_still_written(tmp_path):
