@@ -102,7 +102,7 @@ def collapse(levels: dict[str, list[Seed]]) -> Verdict:
             f"{spread(_vals(collapsed, 'collapse_step')).text('{:.1f}')}; final top format "
             f"{', '.join(f'{f} x{c}' for f, c in tops.most_common())} at share {spread(_vals(seeds, 'top_share')).text()}; "
             f"largest accuracy gain at step {spread(_vals(seeds, 'gain_step')).text('{:.1f}')}, "
-            f"coinciding with the collapse in {len(coincide)}/{len(collapsed)}")
+            f"by the collapse step + 25% of the run in {len(coincide)}/{len(collapsed)}")
     return Verdict(v, text, len(seeds))
 
 
