@@ -2,8 +2,8 @@
 
     for stage in data, pretrain, rl, eval:
         skip runs already done (their `.sweep_done` marker) and runs whose input failed
-        submit the rest, longest first (one submitit executor per stage: its profile and resources; locally
-        a pool of the stage's array_parallelism slots, the cores shared between them)
+        submit the rest, longest first (one submitit executor per stage: its profile and
+        resources; locally a pool of the stage's array_parallelism slots sharing the cores)
         wait for each, printing progress: runs done / total, elapsed, ETA
     write the report (echo_nemo.report.study)
 
