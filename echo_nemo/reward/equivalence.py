@@ -7,10 +7,18 @@ and the usual ``try: ... except Exception: return 0`` reward wrapper turns that 
 silent reward of 0 for a correct answer. So every function here refuses to run off the
 main thread (RuntimeError), and the reward path calls them only from the main thread of
 a sandbox worker process (sandbox.py), whose parent also kills it when a job overruns.
+
+Two shortcuts keep math-verify off the common path without changing any verdict: a pair
+of bare integers ("42", "-7", "025") is compared as integers, which is how math-verify
+reads them (tests/reward/test_reward_equivalence.py checks the two agree), and a worker
+parses each ground truth once (RL scores 8-16 samples of every question). On echo-lab's
+integer answers math-verify's parse and verify cost ~6 ms of a ~30 ms reward.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
@@ -21,6 +29,7 @@ VERIFY_TIMEOUT_S = 3
 
 _LATEX = [LatexExtractionConfig(boxed_match_priority=0)]
 _EXPR = [ExprExtractionConfig()]
+_INTEGER = re.compile(r"[+-]?[0-9]{1,100}")  # longer ones go to math-verify
 
 
 def _require_main_thread() -> None:
@@ -39,8 +48,16 @@ def _parse_expr(text: str) -> list:
     return parse(text, extraction_config=_EXPR, parsing_timeout=PARSE_TIMEOUT_S)
 
 
+def plain_integer(text: str) -> int | None:
+    """The value of a bare integer ("42", " -7", "025"), else None ("1,234", "4.0", "x")."""
+    text = text.strip()
+    return int(text) if _INTEGER.fullmatch(text) else None
+
+
+@functools.lru_cache(maxsize=4096)  # a timeout raises, and is not cached
 def parse_ground_truth(ground_truth: str) -> list:
-    """Parse a ground-truth string ("1,234", "\\\\frac{1}{2}", "025") into math-verify form."""
+    """Parse a ground-truth string ("1,234", "\\\\frac{1}{2}", "025") into math-verify form.
+    The result is cached and shared: callers must not change it."""
     _require_main_thread()
     text = ground_truth.strip()
     return _parse_latex(text) or _parse_expr(text)
@@ -55,14 +72,15 @@ def parse_answer(answer: str, *, from_code: bool) -> list:
     return _parse_latex(text) or _parse_expr(text)
 
 
-def verify_answer(answer: str, gold: list, *, from_code: bool = False) -> bool:
-    """True when math-verify finds ``answer`` equal to an already parsed ground truth."""
+def is_equivalent(answer: str, ground_truth: str, *, from_code: bool = False) -> bool:
+    """True when math-verify finds ``answer`` equal to ``ground_truth`` (main thread only);
+    two bare integers are compared directly (see the module docstring)."""
+    _require_main_thread()
+    a, b = plain_integer(answer), plain_integer(ground_truth)
+    if a is not None and b is not None:
+        return a == b
+    gold = parse_ground_truth(ground_truth)
     pred = parse_answer(answer, from_code=from_code)
     if not gold or not pred:
         return False
     return bool(verify(gold, pred, timeout_seconds=VERIFY_TIMEOUT_S))
-
-
-def is_equivalent(answer: str, ground_truth: str, *, from_code: bool = False) -> bool:
-    """True when math-verify finds ``answer`` equal to ``ground_truth`` (main thread only)."""
-    return verify_answer(answer, parse_ground_truth(ground_truth), from_code=from_code)

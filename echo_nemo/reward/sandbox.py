@@ -223,8 +223,10 @@ def _run_program(job: dict, ns: dict) -> object:
     return value
 
 
-def _child_main(job: dict, limits: Limits, workdir: str, result_fd: int) -> None:
-    """Body of the forked child. Never returns: ends with os._exit."""
+def _child_main(job: dict, limits: Limits, workdir: str, result_fd: int, blocked_modules: list[str]) -> None:
+    """Body of the forked child. Never returns: ends with os._exit. `blocked_modules`: the
+    loaded modules model code must not reach (listed by the parent: walking sys.modules here
+    would touch, and so copy, a page per module entry)."""
     import resource
 
     try:
@@ -253,9 +255,8 @@ def _child_main(job: dict, limits: Limits, workdir: str, result_fd: int) -> None
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         os.environ.clear()
         os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8"})
-        for name in list(sys.modules):
-            if name.split(".")[0] in _BLOCKED_IMPORTS:
-                del sys.modules[name]
+        for name in blocked_modules:
+            del sys.modules[name]
     except BaseException as e:  # the sandbox could not be set up: run nothing
         os.write(3, json.dumps({"error": f"sandbox setup failed: {e!r}"}).encode())
         os._exit(0)
@@ -298,6 +299,20 @@ def _starved(pid: int) -> bool:
         return False
 
 
+_BLOCKED_LOADED: tuple[int, list[str]] = (-1, [])
+
+
+def _blocked_modules() -> list[str]:
+    """The loaded modules under _BLOCKED_IMPORTS, listed again only when sys.modules has
+    grown or shrunk: walking it touches every entry, and after each fork every touched page
+    costs the worker a fault."""
+    global _BLOCKED_LOADED
+    if _BLOCKED_LOADED[0] != len(sys.modules):
+        names = [name for name in sys.modules if name.split(".")[0] in _BLOCKED_IMPORTS]
+        _BLOCKED_LOADED = (len(sys.modules), names)
+    return _BLOCKED_LOADED[1]
+
+
 def execute(job: dict, limits: Limits, base_dir: str) -> dict:
     """Fork a child that runs `job` under `limits`; return its result dict.
 
@@ -307,12 +322,13 @@ def execute(job: dict, limits: Limits, base_dir: str) -> dict:
     workdir = tempfile.mkdtemp(prefix="run-", dir=base_dir)
     if os.getuid() == 0:
         os.chown(workdir, NOBODY, NOBODY)
+    blocked = _blocked_modules()
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
         try:
             os.close(read_fd)
-            _child_main(job, limits, workdir, write_fd)
+            _child_main(job, limits, workdir, write_fd, blocked)
         finally:
             os._exit(70)
     os.close(write_fd)

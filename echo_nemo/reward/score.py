@@ -59,20 +59,21 @@ class Score:
 
 def evaluate_job(job: dict, limits: Limits, base_dir: str) -> dict:
     """Score one item. Runs in a sandbox worker's main thread (see sandbox.worker_main)."""
-    from echo_nemo.reward.equivalence import parse_ground_truth, verify_answer
+    from echo_nemo.reward.equivalence import is_equivalent, parse_ground_truth, plain_integer
 
     parsed = parse_completion(job["completion"])
     truth = job["ground_truth"]
-    try:
-        gold = parse_ground_truth(truth)
-    except Exception as e:  # math-verify's own timeout: the truth cannot be read
-        gold, why = [], f"{type(e).__name__}: {e}"
-    else:
-        why = "math-verify finds no expression in it"
-    if not gold:  # checked before any code runs: a bad truth is the dataset's error
-        error = f"unreadable ground truth {truth[:80]!r}: {why}"
-        return {"reward": 0.0, "format": parsed.format, "answer": None, "error": error,
-                "truth": None}  # fmt: skip
+    if plain_integer(truth) is None:  # checked before any code runs: a bad truth is the dataset's error
+        try:
+            gold = parse_ground_truth(truth)
+        except Exception as e:  # math-verify's own timeout: the truth cannot be read
+            gold, why = [], f"{type(e).__name__}: {e}"
+        else:
+            why = "math-verify finds no expression in it"
+        if not gold:
+            error = f"unreadable ground truth {truth[:80]!r}: {why}"
+            return {"reward": 0.0, "format": parsed.format, "answer": None, "error": error,
+                    "truth": None}  # fmt: skip
     answer, error, from_code = None, None, False
     if parsed.format == "tinygsm":
         if parsed.entry is None:
@@ -100,7 +101,7 @@ def evaluate_job(job: dict, limits: Limits, base_dir: str) -> dict:
     reward = 0.0
     if answer is not None:
         try:
-            reward = 1.0 if verify_answer(answer, gold, from_code=from_code) else 0.0
+            reward = 1.0 if is_equivalent(answer, truth, from_code=from_code) else 0.0
         except Exception as e:  # math-verify's own timeout or parse failure: wrong, with a reason
             error = f"verification failed: {type(e).__name__}: {e}"
     return {"reward": reward, "format": parsed.format, "answer": answer, "error": error,

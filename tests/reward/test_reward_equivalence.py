@@ -70,3 +70,17 @@ def test_score_from_a_thread_still_verifies() -> None:
     """score() hands math-verify to a worker process's main thread, so threads are safe."""
     (result,) = _in_thread(score, ["so it is \\boxed{\\frac{1}{2}}"], ["0.5"])
     assert result[0].reward == 1.0
+
+
+def test_bare_integers_compare_as_math_verify_reads_them() -> None:
+    """The integer shortcut (no math-verify) gives math-verify's own verdict on every pair."""
+    from echo_nemo.reward.equivalence import parse_answer, parse_ground_truth, plain_integer
+
+    values = ["0", "-0", "7", "+7", "-7", "007", "42", " 42 ", "100", "1000000", "98765432109876543210"]
+    for from_code in (False, True):
+        for answer in values:
+            for truth in values:
+                assert plain_integer(answer) is not None and plain_integer(truth) is not None
+                slow = bool(verify(parse_ground_truth(truth), parse_answer(answer, from_code=from_code)))
+                assert is_equivalent(answer, truth, from_code=from_code) is slow, (answer, truth)
+    assert [plain_integer(t) for t in ("1,234", "4.0", "x", "", "1" * 101)] == [None] * 5
