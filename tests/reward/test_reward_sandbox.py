@@ -167,3 +167,31 @@ def test_a_killed_worker_is_replaced(pool) -> None:
     assert [s.reward for s in results] == [1.0] * 6
     assert pool.restarts > before
     assert pool.info()["live"] == 2
+
+
+def _numpy_seen(first_line: str) -> str:
+    """An llm_code completion whose answer is 1 when its child has numpy's classes loaded,
+    without naming numpy (so the line given first decides where it is forked from)."""
+    return (
+        "<llm-code>\n" + first_line + "\n"
+        "name = 'num' + 'py'\n"
+        "1 if any(c.__module__.split('.')[0] == name for c in object.__subclasses__()) else 0\n"
+        "</llm-code>\n"
+    )
+
+
+def test_import_free_code_forks_from_the_lean_parent_and_the_rest_from_the_worker() -> None:
+    pool = WorkerPool(workers=1, limits=LIMITS)
+    try:
+        assert pool.wait_ready()
+        lean, full = _numpy_seen("x = 1"), _numpy_seen("import math")
+        assert [s.answer for s in score([lean, full], ["0", "0"], pool=pool)] == ["0", "1"]
+        # the lean parent killed: the worker forks every child itself, and keeps serving
+        worker = pool.workers[0].proc.pid
+        children = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
+        assert len(children) == 1  # the lean parent (no execution is running)
+        os.kill(int(children[0]), signal.SIGKILL)
+        assert [s.answer for s in score([lean + " ", full + " "], ["0", "0"], pool=pool)] == ["1", "1"]
+        assert pool.restarts == 0
+    finally:
+        pool.close()
