@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from shared_helpers import shared_texts
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+from shared_helpers import SHARED_DATA, run_cli, shared_texts
 
 # The suite runs under pytest-xdist (pyproject's addopts: one worker per core, at most 4).
 # Each worker gets its share of the cores as torch threads, inherited by the CLI processes
@@ -41,27 +36,6 @@ def tokenizer_32k(tmp_path_factory, shared_data) -> Path:
                           specials=("<unk>", "<s>", "</s>"), eos_token="</s>", split_digits=False)
     assert tok.vocab_size == 32000, tok.vocab_size
     return out
-
-
-def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str | None = None, nproc: int = 1):
-    """Run `echo-nemo ARGS` in a fresh interpreter (or `nproc` ranks under torchrun, the
-    launch story of every command at TP > 1); returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    launch = [sys.executable, "-m", "echo_nemo.cli"]
-    if nproc > 1:
-        full_env.setdefault("OMP_NUM_THREADS", "1")
-        # --standalone: torchrun binds the rendezvous port itself; a port picked here could
-        # be taken by a parallel test before rank 0 listens
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                  "-m", "echo_nemo.cli"]
-    return subprocess.run(
-        [*launch, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-        cwd=cwd or str(REPO),
-    )
 
 
 @pytest.fixture

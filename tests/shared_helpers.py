@@ -1,11 +1,15 @@
-"""Helpers over ../shared/data for tests in any folder (a plain module: `conftest` is
-ambiguous once several conftest.py files are loaded)."""
+"""Helpers for tests in any folder: the shared data in ../shared/data and a runner for the
+real CLI (a plain module: `conftest` is ambiguous once several conftest.py files are loaded)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-SHARED_DATA = (Path(__file__).resolve().parents[1].parent / "shared" / "data").resolve()
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
 
 def shared_texts(data: Path = SHARED_DATA) -> list[str]:
@@ -18,3 +22,24 @@ def shared_texts(data: Path = SHARED_DATA) -> list[str]:
         if p.is_file() and p.suffix in (".jsonl", ".test", ".json"):
             texts += ["\n\n".join(v for v in row.values() if isinstance(v, str)) for _, row in RowSource(p.name, [p]).rows()]
     return texts
+
+
+def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str | None = None, nproc: int = 1):
+    """Run `echo-nemo ARGS` in a fresh interpreter (or `nproc` ranks under torchrun, the
+    launch story of every command at TP > 1); returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    launch = [sys.executable, "-m", "echo_nemo.cli"]
+    if nproc > 1:
+        full_env.setdefault("OMP_NUM_THREADS", "1")
+        # --standalone: torchrun binds the rendezvous port itself; a port picked here could
+        # be taken by a parallel test before rank 0 listens
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                  "-m", "echo_nemo.cli"]
+    return subprocess.run(
+        [*launch, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd or str(REPO),
+    )

@@ -39,7 +39,7 @@ from echo_nemo.model.build import build_gpt, causal_forward
 from echo_nemo.model.scales import flops_per_token, get_scale, param_counts
 from echo_nemo.tokenizer import load_tokenizer
 from echo_nemo.train.config import PretrainConfig
-from echo_nemo.train.mfu import device_peak_flops, mfu
+from echo_nemo.train.mfu import BestPeak, mfu
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -152,7 +152,7 @@ def _pretrain(cfg: PretrainConfig) -> Path:
     logger = MetricsLogger(run_dir, enabled=D.is_main())
     scale = get_scale(model_cfg.scale)
     flops_tok = flops_per_token(scale, vocab, seq)
-    peak = device_peak_flops()
+    peak = BestPeak()
     world = dist.get_world_size()
     dp_group = ps.get_data_parallel_group()
     if D.is_main():
@@ -204,7 +204,7 @@ def _pretrain(cfg: PretrainConfig) -> Path:
                     "lr": lr,
                     "grad_norm": grad_norm,
                     "throughput/tokens_per_s": tokens_per_s,
-                    "mfu": mfu(tokens_per_s, flops_tok, peak, world),
+                    "mfu": mfu(tokens_per_s, flops_tok, peak.update(), world),
                     "time/step_s": dt,
                 },
             )

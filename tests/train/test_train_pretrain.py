@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from shared_helpers import run_cli
 
 from echo_nemo.checkpoint import complete_checkpoints, latest_checkpoint, read_meta
 from echo_nemo.distributed import free_port, run_distributed
@@ -31,15 +32,8 @@ def overrides(shards: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 def cli(*args: str, nproc: int = 1, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real CLI: one process, or `nproc` ranks under torchrun."""
-    launch = [sys.executable, "-m", "echo_nemo.cli"]
-    if nproc > 1:
-        launch = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "echo_nemo.cli",
-        ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(launch + list(args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    """The real CLI (conftest's run_cli) on one thread per process; it must succeed."""
+    r = run_cli(*args, nproc=nproc, timeout=timeout, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-4000:]
     return r
 
