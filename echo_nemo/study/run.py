@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
@@ -29,6 +30,8 @@ from echo_nemo.launch.config import ClusterProfile, load_profile
 from echo_nemo.launch.submit import LOG_DIR, PointJob, is_done, make_executor
 from echo_nemo.study.config import STAGES
 from echo_nemo.study.plan import StudyPlan, StudyRun
+from echo_nemo.threads import ENV as THREADS_ENV
+from echo_nemo.threads import write_share
 
 POLL_S = 2.0  # how often a local pool looks for a finished run
 
@@ -137,15 +140,16 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
     at_once = plan.cfg.budgets[plan.budget].at_once
     if cluster == "local" and at_once:
         width = at_once
-    # a pool of `width` slots: the next run starts as soon as one finishes (runs of unequal
-    # length, e.g. two model sizes, leave no core idle until the stage's last run)
+    # a pool of `width` slots: the next run starts as soon as one finishes, and the cores are
+    # divided again among the runs still going (a run left alone gets them all)
     running: list[tuple[StudyRun, object, float, int]] = []
     while jobs or running:
         while jobs and len(running) < width:
             r, fn = jobs.pop(0)
             side_by_side = min(width, len(running) + 1 + len(jobs))  # the tail's runs get more cores
-            with _threads_per_run(side_by_side if width > 1 else 0):
+            with _threads_per_run(side_by_side if width > 1 else 0, _share_file(plan, r) if width > 1 else None):
                 running.append((r, ex.submit(fn), time.perf_counter(), side_by_side))
+            _share_cores(plan, [item[0] for item in running])
         finished = [item for item in running if item[1].done()] if width > 1 else running[:1]
         if not finished:
             time.sleep(POLL_S)
@@ -154,25 +158,48 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
             r, job, t0, sharing = item
             running.remove(item)
             progress.finished(r, _outcome(job), time.perf_counter() - t0, sharing=sharing)
+        if width > 1:
+            _share_cores(plan, [item[0] for item in running])
+
+
+def _share_file(plan: StudyPlan, run: StudyRun) -> Path:
+    return plan.study_dir / LOG_DIR / "threads" / run.key.replace("/", "__")
+
+
+def _share_cores(plan: StudyPlan, running: list[StudyRun]) -> None:
+    """Divide the cores among the local runs going now (the longest first gets any
+    remainder); each follows its share file while it runs (echo_nemo.threads)."""
+    if not running:
+        return
+    cores = os.cpu_count() or 1
+    for i, r in enumerate(sorted(running, key=lambda r: -r.cost)):
+        write_share(_share_file(plan, r), max(1, cores // len(running) + (i < cores % len(running))))
 
 
 @contextlib.contextmanager
-def _threads_per_run(at_once: int):
+def _threads_per_run(at_once: int, share_file: Path | None = None):
     """While submitting `at_once` local runs together, give each an equal share of the cores
     (OMP_NUM_THREADS, which torch reads at start): several runs with all threads each would
-    slow one another down many times over."""
+    slow one another down many times over. `share_file`: where the run then reads its share
+    as the runs side by side change ($ECHO_NEMO_THREADS_FILE)."""
     if at_once < 1:
         yield
         return
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // at_once))
+    threads = max(1, (os.cpu_count() or 1) // at_once)
+    env = {"OMP_NUM_THREADS": str(threads)}
+    if share_file is not None:
+        write_share(share_file, threads)
+        env[THREADS_ENV] = str(share_file)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def stage_profiles(plan: StudyPlan) -> dict[str, ClusterProfile]:

@@ -242,3 +242,39 @@ def test_local_runs_side_by_side_share_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     with _threads_per_run(0):  # one at a time (or SLURM): torch's own default
         assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_the_cores_are_divided_again_as_the_runs_side_by_side_change(tmp_path, monkeypatch):
+    """The local pool writes each run's share of the cores; a run's loop follows its file."""
+    import torch
+
+    from echo_nemo.study.run import _share_cores, _share_file
+    from echo_nemo.threads import ThreadShare
+
+    text = STUDY.replace("ppo: {rl: [algorithm=ppo]}", "ppo: {rl: [algorithm=ppo], cost: 2.5}")
+    plan = plan_study(load_study(write_study(tmp_path, text), only=["f6"]), tmp_path / "o")
+    by_key = {r.key: r for r in plan.by_stage("rl")}
+    ppo, grpo = by_key["rl/f6/ppo/seed-0"], by_key["rl/f1/grpo/seed-0"]
+    share = {r.key: _share_file(plan, r) for r in (ppo, grpo)}
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    _share_cores(plan, [grpo, ppo])
+    assert [share[k].read_text() for k in (ppo.key, grpo.key)] == ["1", "1"]
+    _share_cores(plan, [ppo])  # grpo finished: ppo gets the machine
+    assert share[ppo.key].read_text() == "2"
+    monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    _share_cores(plan, [grpo, ppo])  # the remainder goes to the longer run
+    assert [share[k].read_text() for k in (ppo.key, grpo.key)] == ["3", "2"]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        follower = ThreadShare(share[grpo.key], every_s=0)
+        assert follower.follow() == 2 and torch.get_num_threads() == 2
+        assert follower.follow() is None  # unchanged
+        share[grpo.key].write_text("1")
+        assert follower.follow() == 1 and torch.get_num_threads() == 1
+        share[grpo.key].write_text("")  # caught mid-write: ignored until the next read
+        assert follower.follow() is None and torch.get_num_threads() == 1
+        assert ThreadShare(None).follow() is None  # no share file: torch is left alone
+    finally:
+        torch.set_num_threads(before)
