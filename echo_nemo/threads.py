@@ -3,11 +3,13 @@
 A study on one machine runs two runs side by side, each with half the cores as torch
 threads (echo_nemo.study.run). Shares fixed at launch leave cores idle: when one of the
 two ends first, the other finishes on half the machine (a stage's last RL run, or a small
-model's pretraining beside a tiny one's). So the study writes each local run's share to
-the file named by $ECHO_NEMO_THREADS_FILE whenever the runs side by side change, and the
-pretraining and RL loops call `follow_share()` at every step and phase: torch's thread
-count follows the file. On these machines the thread count does not change the numbers
-(a tiny pretraining logged the same losses and gradient norms at 1 and 2 threads).
+model's pretraining beside a tiny one's). So a study budget with `share_cores` writes each
+local run's share to the file named by $ECHO_NEMO_THREADS_FILE whenever the runs side by
+side change, and the pretraining and RL loops call `follow_share()` at every step and
+phase: torch's thread count follows the file. The price: torch's float results depend on
+the thread count (a tiny pretraining on 1 thread first differed from 2 threads in the
+7th digit of a gradient norm at step 40), so a run's numbers then depend on when its
+neighbours finish. Off by default; a run without the variable never reads anything.
 """
 
 from __future__ import annotations

@@ -108,6 +108,10 @@ class Budget:
     # > 0: runs of every stage at once under --cluster local (instead of each stage's
     # array_parallelism); runs side by side share the cores (OMP_NUM_THREADS = cores // runs)
     at_once: int = 0
+    # true: under --cluster local a run left alone takes the cores freed by those that
+    # finished (echo_nemo.threads). Faster, but torch's float results change with the
+    # thread count, so a run's numbers then depend on when its neighbours finish.
+    share_cores: bool = False
     minutes: StageMinutes = field(default_factory=StageMinutes)
 
 

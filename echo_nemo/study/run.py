@@ -137,19 +137,21 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
             progress.finished(r, _outcome(job), time.perf_counter() - t0)
         return
     width = profile.array_parallelism if cluster == "local" else 1
-    at_once = plan.cfg.budgets[plan.budget].at_once
-    if cluster == "local" and at_once:
-        width = at_once
-    # a pool of `width` slots: the next run starts as soon as one finishes, and the cores are
-    # divided again among the runs still going (a run left alone gets them all)
+    budget = plan.cfg.budgets[plan.budget]
+    if cluster == "local" and budget.at_once:
+        width = budget.at_once
+    follow = cluster == "local" and width > 1 and budget.share_cores
+    # a pool of `width` slots: the next run starts as soon as one finishes (with
+    # share_cores, the cores are divided again among the runs still going)
     running: list[tuple[StudyRun, object, float, int]] = []
     while jobs or running:
         while jobs and len(running) < width:
             r, fn = jobs.pop(0)
             side_by_side = min(width, len(running) + 1 + len(jobs))  # the tail's runs get more cores
-            with _threads_per_run(side_by_side if width > 1 else 0, _share_file(plan, r) if width > 1 else None):
+            with _threads_per_run(side_by_side if width > 1 else 0, _share_file(plan, r) if follow else None):
                 running.append((r, ex.submit(fn), time.perf_counter(), side_by_side))
-            _share_cores(plan, [item[0] for item in running])
+            if follow:
+                _share_cores(plan, [item[0] for item in running])
         finished = [item for item in running if item[1].done()] if width > 1 else running[:1]
         if not finished:
             time.sleep(POLL_S)
@@ -158,7 +160,7 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
             r, job, t0, sharing = item
             running.remove(item)
             progress.finished(r, _outcome(job), time.perf_counter() - t0, sharing=sharing)
-        if width > 1:
+        if follow:
             _share_cores(plan, [item[0] for item in running])
 
 

@@ -25,6 +25,9 @@ def test_smoke_study_runs_end_to_end_and_resumes(tmp_path, cli):
     # f6's GRPO level is also f2's tiny, f3's 1x and f4's KL-0 level: its runs carry f2's name
     assert rl == [f"rl/{f}/{lv}/seed-{s}" for f, lv in (("f1", "grpo"), ("f2", "tiny"), ("f6", "ppo")) for s in (0, 1)]
     assert all(is_done(study / key) for key in rl)
+    # the smoke budget shares the cores again as runs finish: every RL run had a share file
+    shares = {key: study / "logs" / "threads" / key.replace("/", "__") for key in rl}
+    assert all(int(path.read_text()) in (1, 2) for path in shares.values()), shares
     assert "8/8 runs done (data 1/1 pretrain 1/1 rl 6/6)" in res.stdout and "ETA" in res.stdout
     for key in rl:  # real RL runs: a row per step with format shares, the final greedy eval
         rows = [json.loads(line) for line in (study / key / "metrics.jsonl").read_text().splitlines()]
