@@ -141,15 +141,14 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
     if cluster == "local" and budget.at_once:
         width = budget.at_once
     follow = cluster == "local" and width > 1 and budget.share_cores
-    # a pool of `width` slots: the next run starts as soon as one finishes (with
-    # share_cores, the cores are divided again among the runs still going)
+    # a pool of `width` slots: the next run starts as soon as one finishes
     running: list[tuple[StudyRun, object, float, int]] = []
     while jobs or running:
         while jobs and len(running) < width:
             r, fn = jobs.pop(0)
-            side_by_side = min(width, len(running) + 1 + len(jobs))  # the tail's runs get more cores
-            with _threads_per_run(side_by_side if width > 1 else 0, _share_file(plan, r) if follow else None):
-                running.append((r, ex.submit(fn), time.perf_counter(), side_by_side))
+            side_by_side = runs_side_by_side(width, len(running), len(jobs), follow)
+            with _threads_per_run(side_by_side, _share_file(plan, r) if follow else None):
+                running.append((r, ex.submit(fn), time.perf_counter(), max(1, side_by_side)))
             if follow:
                 _share_cores(plan, [item[0] for item in running])
         finished = [item for item in running if item[1].done()] if width > 1 else running[:1]
@@ -162,6 +161,17 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
             progress.finished(r, _outcome(job), time.perf_counter() - t0, sharing=sharing)
         if follow:
             _share_cores(plan, [item[0] for item in running])
+
+
+def runs_side_by_side(width: int, running: int, queued: int, share_cores: bool) -> int:
+    """How many runs a run starting now shares the cores with, itself included (its threads:
+    cores / that; 0 for a pool of one: the run's own setting). Without share_cores always
+    the pool's width, whatever else is running: torch's numbers change with the thread
+    count, so a run's must not depend on its neighbours' timing, a resume or `--only`. With
+    it, speed first: a stage's last runs start with the cores the others left."""
+    if width <= 1:
+        return 0
+    return min(width, running + 1 + queued) if share_cores else width
 
 
 def _share_file(plan: StudyPlan, run: StudyRun) -> Path:

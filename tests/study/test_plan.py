@@ -13,7 +13,14 @@ from study_helpers import REPO, STUDY, write_study
 from echo_nemo.errors import UserError
 from echo_nemo.launch.submit import DONE_MARKER, changed_since_done, is_done
 from echo_nemo.study.plan import load_study, plan_study, refuse_changed, write_plan
-from echo_nemo.study.run import Progress, _clock, eta_seconds, launch_order, run_stage
+from echo_nemo.study.run import (
+    Progress,
+    _clock,
+    eta_seconds,
+    launch_order,
+    run_stage,
+    runs_side_by_side,
+)
 
 
 def test_plan_shares_pretraining_and_expands_levels_by_seed(tmp_path):
@@ -278,3 +285,11 @@ def test_the_cores_are_divided_again_as_the_runs_side_by_side_change(tmp_path, m
         assert ThreadShare(None).follow() is None  # no share file: torch is left alone
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_runs_thread_count_depends_on_the_pool_not_on_timing_unless_cores_are_shared():
+    # a pool of two: every run on half the cores, even the last one or one resumed alone
+    assert [runs_side_by_side(2, running, queued, False) for running, queued in ((0, 5), (1, 0), (0, 0))] == [2, 2, 2]
+    assert runs_side_by_side(1, 0, 3, False) == 0 and runs_side_by_side(1, 0, 3, True) == 0  # alone: its own setting
+    # share_cores: a run starting alone at a stage's end gets every core
+    assert [runs_side_by_side(2, running, queued, True) for running, queued in ((0, 5), (1, 0), (0, 0))] == [2, 2, 1]
