@@ -4,8 +4,8 @@ Same run, same weights, same batch: a freshly initialised GPT of the chosen scal
 built with megatron-core; its weights are copied into transformers' OlmoForCausalLM
 with the exporter's own mapping (echo_nemo.export.hf.megatron_to_hf), and the two
 models are checked to give the same logits before anything is timed. Both then sample
-B completions of N new tokens (temperature 1, prompts of the echo-lab test set, left-padded
-for HF), alternating ours and HF for R repeats so machine load hits both alike; the median
+B completions of exactly N new tokens (temperature 1, EOS masked until then on both sides:
+transformers' `min_new_tokens`; prompts of the echo-lab test set, left-padded for HF), alternating ours and HF for R repeats so machine load hits both alike; the median
 time of each is reported. Figure: generated tokens/s; baseline: HF generate (with its KV
 cache); ratio = ours / HF. Ours is echo_nemo.model.generate with the default lean decoder
 (`--engine megatron`: megatron's static-batching inference, the previous sampler).
@@ -65,7 +65,8 @@ def time_ours(ours, tok, prompts: list[str], new_tokens: int, seed: int, engine:
 
     _sync()
     t0 = time.perf_counter()
-    out = generate(ours, tok, prompts, max_new_tokens=new_tokens, temperature=1.0, seed=seed, engine=engine)
+    out = generate(ours, tok, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, temperature=1.0,
+                   seed=seed, engine=engine)
     _sync()
     return time.perf_counter() - t0, out.num_tokens
 

@@ -87,6 +87,23 @@ def test_stops_at_eos_and_at_max_tokens(model_and_tok):
     assert len({len(r) for r in refs}) > 1, "want rows of different lengths"
 
 
+def test_min_new_tokens_masks_eos_until_then(model_and_tok):
+    model, tok = model_and_tok
+    first = generate(model, tok, PROMPTS[:1], max_new_tokens=8, greedy=True).completion_ids[0]
+    stop = CharTokenizer()
+    stop.eos_id = first[1]  # greedy decoding would stop at the 2nd token
+    assert generate(model, stop, PROMPTS[:1], max_new_tokens=8, greedy=True).completion_ids[0] == first[:2]
+    held = generate(model, stop, PROMPTS[:1], max_new_tokens=8, greedy=True, min_new_tokens=3)
+    ids = held.completion_ids[0]
+    assert len(ids) >= 3 and stop.eos_id not in ids[:3]
+    assert ids[0] == first[0]  # the first step is unchanged; EOS was only masked
+    # log-probs are of the distribution sampled from: EOS removed, the rest renormalised
+    full = generate(model, stop, PROMPTS[:1], max_new_tokens=1, greedy=True)
+    assert held.logprobs[0][0] > full.logprobs[0][0]
+    exact = generate(model, stop, PROMPTS * 4, max_new_tokens=12, temperature=1.0, seed=1, min_new_tokens=12)
+    assert all(len(c) == 12 and stop.eos_id not in c for c in exact.completion_ids)
+
+
 def test_filter_logits_top_k_and_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     k2 = filter_logits(logits, top_k=2)
