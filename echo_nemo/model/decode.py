@@ -16,7 +16,8 @@ of megatron's static batching, so token t of every row is written at the same co
 and RoPE sees the same positions as before); pad columns are masked and never computed.
 Prefill packs the prompts end to end, without padding, into chunks of about
 `PACK_TOKENS` tokens with a block-diagonal causal mask, and computes logits only at each
-prompt's last token.
+prompt's last token. The products go through `echo_nemo.model.gemm.linear`: on CPU, for
+decode-sized batches, the fastest form of x W^T that is bitwise equal to F.linear's.
 
 Tensor parallelism is megatron's own: the rank's heads and MLP columns, an all-reduce
 after the row-parallel projections and the vocab-parallel embedding, an all-gather of
