@@ -22,19 +22,29 @@ SOCKET="$STATE/munge/munge.socket.2"
 
 log() { echo "[local_cluster] $*" >&2; }
 
-install_packages() {
-    local missing=0
+packages_missing() {
+    local cmd
     for cmd in slurmctld slurmd sbatch munged; do
-        command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing=1
+        command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || return 0
     done
-    [ "$missing" = 0 ] && return 0
+    return 1
+}
+
+install_packages() {
+    packages_missing || return 0
     if [ "$(id -u)" != 0 ]; then
         log "slurmctld/slurmd/slurm-client/munge are missing and installing them needs root"
         return 1
     fi
-    log "installing slurmctld slurmd slurm-client munge with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >&2
+    # one installer at a time: clusters started side by side (pytest-xdist workers) would
+    # otherwise race for dpkg's lock; the ones that waited find the packages installed
+    (
+        flock 9
+        packages_missing || exit 0
+        log "installing slurmctld slurmd slurm-client munge with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >&2
+    ) 9>/tmp/echo-nemo-slurm-install.lock
 }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
