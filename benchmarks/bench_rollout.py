@@ -4,8 +4,9 @@ Same run, same weights, same batch: a freshly initialised GPT of the chosen scal
 built with megatron-core; its weights are copied into transformers' OlmoForCausalLM
 with the exporter's own mapping (echo_nemo.export.hf.megatron_to_hf), and the two
 models are checked to give the same logits before anything is timed. Both then sample
-B completions of exactly N new tokens (temperature 1, EOS masked until then on both sides:
-transformers' `min_new_tokens`; prompts of the echo-lab test set, left-padded for HF), alternating ours and HF for R repeats so machine load hits both alike; the median
+B completions of exactly N new tokens (temperature 1, EOS masked until then on both
+sides: transformers' `min_new_tokens`; prompts of the echo-lab test set, left-padded for
+HF), alternating ours and HF for R repeats so machine load hits both alike; the median
 time of each is reported. Figure: generated tokens/s; baseline: HF generate (with its KV
 cache); ratio = ours / HF. Ours is echo_nemo.model.generate with the default lean decoder
 (`--engine megatron`: megatron's static-batching inference, the previous sampler).
