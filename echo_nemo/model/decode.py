@@ -172,7 +172,7 @@ class LeanDecoder:
             self.v[i][:, :, col : col + 1] = v
             keys = self.k[i].view(b * self.groups, tmax, self.hn)[:, :n]
             values = self.v[i].view(b * self.groups, tmax, self.hn)[:, :n]
-            scores = torch.baddbmm(bias, q.reshape(b * self.groups, self.per, self.hn), keys.transpose(1, 2),
+            scores = torch.baddbmm(bias, q.view(b * self.groups, self.per, self.hn), keys.transpose(1, 2),
                                    alpha=self.hn**-0.5)
             return torch.bmm(torch.softmax(scores, -1), values).view(b, 1, self.heads * self.hn)
 

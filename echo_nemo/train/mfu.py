@@ -59,11 +59,15 @@ def cpu_matmul_peak(n: int = 512, seconds: float = 0.5, trials: int = 5) -> floa
     return best
 
 
+def _device_kind(device: str | torch.device | None) -> str:
+    """`device`'s type; None: CUDA when available."""
+    return torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def device_peak_flops(device: str | torch.device | None = None) -> float | None:
     """The peak MFU is measured against: the GPU's bf16 peak on CUDA, the measured fp32
     matmul throughput on CPU. `device` None: CUDA when available."""
-    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    return gpu_peak_flops() if kind == "cuda" else cpu_matmul_peak()
+    return gpu_peak_flops() if _device_kind(device) == "cuda" else cpu_matmul_peak()
 
 
 class BestPeak:
@@ -77,8 +81,7 @@ class BestPeak:
     """
 
     def __init__(self, device: str | torch.device | None = None) -> None:
-        self.cpu = (torch.device(device).type if device is not None else
-                    ("cuda" if torch.cuda.is_available() else "cpu")) == "cpu"  # fmt: skip
+        self.cpu = _device_kind(device) == "cpu"
         self.value = device_peak_flops(device)
         self.calls = 0
 
