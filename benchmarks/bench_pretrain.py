@@ -41,7 +41,14 @@ def main() -> None:
     ap.add_argument("--engine", default="lean", choices=["lean", "megatron"],
                     help="causal_forward's engine: the lean forward (default) or megatron's own")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--malloc", default="echo-nemo", choices=["echo-nemo", "glibc"],
+                    help="echo-nemo: the allocator settings every echo-nemo command applies "
+                         "(echo_nemo.malloc, for both sides); glibc: glibc's defaults")
     args = ap.parse_args()
+    if args.malloc == "echo-nemo":
+        from echo_nemo.malloc import keep_freed_memory
+
+        keep_freed_memory()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.threads:
@@ -115,7 +122,7 @@ def main() -> None:
     fpt = flops_per_token(scale, args.vocab, args.seq)
     print(
         f"scale={args.scale} batch={args.batch}x{args.seq} vocab={args.vocab} "
-        f"threads={torch.get_num_threads()} params={sum(p.numel() for p in ours.parameters()):,}"
+        f"threads={torch.get_num_threads()} params={sum(p.numel() for p in ours.parameters()):,} malloc={args.malloc}"
     )
     if cuda:
         print(f"GPU {torch.cuda.get_device_name()}: bf16 autocast, dense bf16 peak "

@@ -119,7 +119,14 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--engine", default="lean", choices=["lean", "megatron"])
+    ap.add_argument("--malloc", default="echo-nemo", choices=["echo-nemo", "glibc"],
+                    help="echo-nemo: the allocator settings every echo-nemo command applies "
+                         "(echo_nemo.malloc, for both sides); glibc: glibc's defaults")
     args = ap.parse_args()
+    if args.malloc == "echo-nemo":
+        from echo_nemo.malloc import keep_freed_memory
+
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     from echo_nemo.data.sources import load_problems
@@ -128,7 +135,7 @@ def main() -> None:
     ours, hf, tok = build(args.scale, dtype)
     diff = check_same_logits(ours, hf, tok)
     print(f"scale {args.scale}, batch {args.batch}, {args.new_tokens} new tokens, {dtype}, "
-          f"threads {torch.get_num_threads()}, device {next(ours.parameters()).device}; "
+          f"threads {torch.get_num_threads()}, malloc {args.malloc}, device {next(ours.parameters()).device}; "
           f"max |logit diff| megatron vs HF = {diff:.2e}")
     prompts = [p.prompt for p in load_problems("echolab_test", limit=args.batch)]
     prompts = (prompts * (args.batch // max(1, len(prompts)) + 1))[: args.batch]

@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
+from echo_nemo.malloc import keep_freed_memory
 from echo_nemo.preempt import EXIT_REQUEUE, Preempted
 
 # (subcommand, module providing `register`) in the order `--help` lists them.
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(megatron|torch\.distributed)\.")
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # before the first tensor: every step reuses the last one's memory
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT if args.command is None else 0

@@ -174,6 +174,14 @@ def _resume_equals_reference(cli, args: list[str], resume_from: int, run, refere
         assert abs(got[s] - ref[s]) <= 1e-6, (s, got[s], ref[s])
 
 
+def test_train_losses_do_not_depend_on_the_malloc_settings(reference_run, echolab_shards, tmp_path):
+    # the reference ran with echo_nemo.malloc's settings (every CLI command applies them)
+    run = tmp_path / "glibc"
+    r = run_cli("pretrain", RECIPE, *overrides(echolab_shards, run), env={"OMP_NUM_THREADS": "1", "ECHO_NEMO_MALLOC": "glibc"})
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert losses(run) == losses(reference_run)
+
+
 def test_train_resume_after_sigkill_is_exact(reference_run, echolab_shards, tmp_path):
     run = tmp_path / "killed"
     args = overrides(echolab_shards, run)
