@@ -17,6 +17,10 @@ with the padded-vocab mask, clip_gradients, OptimConfig.build). The two models a
 hits both alike; the median step time of each is reported, with the ratio
 (target >= 1.0) and our MFU against the CPU fp32 matmul peak (best window measured
 between rounds).
+
+Both sides run under the malloc settings every echo-nemo command applies
+(echo_nemo.malloc: freed memory stays in the process); `--malloc glibc` keeps glibc's
+defaults, under which both page-fault much of each step's memory in again.
 """
 
 from __future__ import annotations

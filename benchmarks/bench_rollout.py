@@ -11,6 +11,12 @@ time of each is reported. Figure: generated tokens/s; baseline: HF generate (wit
 cache); ratio = ours / HF. Ours is echo_nemo.model.generate with the default lean decoder
 (`--engine megatron`: megatron's static-batching inference, the previous sampler).
 
+Both sides run under the malloc settings every echo-nemo command applies
+(echo_nemo.malloc); `--malloc glibc` keeps glibc's defaults. Neither moves generation
+much: at 150m `generate` runs at one of two speeds from run to run under either setting
+(~141-152 or ~163-172 tokens/s on this project's machines), ours at ~225-250, so quote
+several runs.
+
 When a GPU is present it also times one PPO-style update (forward + backward of the
 policy over the rollout batch) in tokens/s.
 
