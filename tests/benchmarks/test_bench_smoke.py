@@ -33,6 +33,7 @@ def test_bench_rollout_smoke():
     out = _run("bench_rollout.py", "--scale", "debug", "--batch", "6", "--new-tokens", "8", "--repeats", "1",
                "--threads", "1")
     assert _figure(out, r"logit diff\| megatron vs HF = ([0-9.e+-]+)") < 1e-4
+    assert "malloc echo-nemo" in out  # the settings every echo-nemo command applies, by default
     assert _figure(out, r"transformers generate:\s+([0-9.]+) tokens/s") > 0
     assert _figure(out, r"echo-nemo rollout \(lean\):\s+([0-9.]+) tokens/s") > 0
     assert _figure(out, r"ratio echo-nemo / transformers: ([0-9.]+)x") > 0
@@ -40,7 +41,8 @@ def test_bench_rollout_smoke():
 
 def test_bench_pretrain_smoke():
     out = _run("bench_pretrain.py", "--scale", "debug", "--batch", "2", "--seq", "32", "--steps", "1", "--rounds", "1",
-               "--threads", "1")
+               "--threads", "1", "--malloc", "glibc")
+    assert "malloc=glibc" in out
     assert _figure(out, r"ours \(megatron-core GPT, lean\):\s+([0-9,]+) tokens/s") > 0
     assert _figure(out, r"baseline \(HF OlmoForCausalLM\):\s+([0-9,]+) tokens/s") > 0
     assert _figure(out, r"ratio ours / baseline: ([0-9.]+)") > 0
