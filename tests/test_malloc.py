@@ -46,7 +46,7 @@ def test_the_users_own_malloc_settings_are_kept(monkeypatch):
     for k in [k for k in os.environ if k.startswith("MALLOC_")] + [malloc.ENV, "GLIBC_TUNABLES"]:
         monkeypatch.delenv(k, raising=False)
     assert not malloc.user_configured()
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # not glibc's spelling (no trailing _)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # arenas only, not the knobs set here: ours still apply
     assert not malloc.user_configured()
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
     assert malloc.user_configured() and not malloc.keep_freed_memory()
