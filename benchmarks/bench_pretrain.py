@@ -32,6 +32,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from echo_nemo import malloc
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,14 +47,10 @@ def main() -> None:
     ap.add_argument("--engine", default="lean", choices=["lean", "megatron"],
                     help="causal_forward's engine: the lean forward (default) or megatron's own")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--malloc", default="echo-nemo", choices=["echo-nemo", "glibc"],
-                    help="echo-nemo: the allocator settings every echo-nemo command applies "
-                         "(echo_nemo.malloc, for both sides); glibc: glibc's defaults")
+    malloc.add_option(ap)
     args = ap.parse_args()
     if args.malloc == "echo-nemo":
-        from echo_nemo.malloc import keep_freed_memory
-
-        keep_freed_memory()
+        malloc.keep_freed_memory()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if args.threads:

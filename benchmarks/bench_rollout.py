@@ -32,6 +32,8 @@ import time
 
 import torch
 
+from echo_nemo import malloc
+
 
 def build(scale: str, dtype: torch.dtype):
     from echo_nemo.distributed import init_distributed
@@ -125,14 +127,10 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--engine", default="lean", choices=["lean", "megatron"])
-    ap.add_argument("--malloc", default="echo-nemo", choices=["echo-nemo", "glibc"],
-                    help="echo-nemo: the allocator settings every echo-nemo command applies "
-                         "(echo_nemo.malloc, for both sides); glibc: glibc's defaults")
+    malloc.add_option(ap)
     args = ap.parse_args()
     if args.malloc == "echo-nemo":
-        from echo_nemo.malloc import keep_freed_memory
-
-        keep_freed_memory()
+        malloc.keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     from echo_nemo.data.sources import load_problems

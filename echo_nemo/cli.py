@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(megatron|torch\.distributed)\.")
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_freed_memory()  # before the first tensor: every step reuses the last one's memory
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT if args.command is None else 0
     try:
+        keep_freed_memory()  # before the first tensor: every step reuses the last one's memory
         rc = args.func(args)
     except UserError as e:
         print(f"echo-nemo: error: {e}", file=sys.stderr)

@@ -15,26 +15,39 @@ either way; a tiny model with vocab 32000 peaks at 1.6 GB instead of 1.2 (2.2 in
 change: torch aligns every tensor to 64 bytes whatever malloc returns (tested: a
 pretraining run's losses are the same to the bit). A user who set glibc's malloc knobs
 ($MALLOC_*_ or glibc.malloc tunables) keeps them; $ECHO_NEMO_MALLOC=glibc keeps glibc's
-defaults.
+defaults (any other value than glibc or echo-nemo exits 2).
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
-import ctypes.util
 import os
+
+from echo_nemo.errors import UserError
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
 ENV = "ECHO_NEMO_MALLOC"
+CHOICES = ("echo-nemo", "glibc")
 
 
 def user_configured() -> bool:
     """True when the environment already says how glibc's malloc should behave."""
+    choice = os.environ.get(ENV, "echo-nemo")
+    if choice not in CHOICES:
+        raise UserError(f"${ENV} must be one of {', '.join(CHOICES)} (or unset), got {choice!r}")
     return (
-        os.environ.get(ENV) == "glibc"
+        choice == "glibc"
         or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
         or any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ)
     )
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """The benchmarks' `--malloc`: echo-nemo's settings (the default) or glibc's."""
+    parser.add_argument("--malloc", default="echo-nemo", choices=CHOICES,
+                        help="echo-nemo: the settings every echo-nemo command applies (both sides of "
+                             "a benchmark run in one process); glibc: glibc's defaults")
 
 
 def keep_freed_memory() -> bool:
@@ -42,8 +55,7 @@ def keep_freed_memory() -> bool:
     if user_configured():
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own libc: no library search at start-up
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

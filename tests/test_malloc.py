@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from shared_helpers import run_cli
 
 from echo_nemo import malloc
 
@@ -53,3 +54,9 @@ def test_the_users_own_malloc_settings_are_kept(monkeypatch):
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
     assert malloc.user_configured()
+
+
+def test_a_misspelt_choice_exits_2_naming_the_variable():
+    r = run_cli("config", "recipes/pretrain/debug.yaml", env={malloc.ENV: "default"}, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "ECHO_NEMO_MALLOC" in r.stderr and "'default'" in r.stderr and "glibc" in r.stderr
