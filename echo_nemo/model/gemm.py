@@ -1,16 +1,26 @@
-"""`linear(x, w)` = F.linear(x, w) for decode-sized inputs, in the fastest form of the product
-that gives bitwise the same result on this machine.
+"""`linear(x, w)` = x w^T for decode-sized inputs (a few rows, one per sequence), fast.
 
-A decode step multiplies a few rows (one per sequence) by each weight matrix. For those
-shapes MKL's kernel for x w^T is far from the machine's matmul peak, while the swapped
-product (w x^T)^T, or the same with the rows padded to a multiple of 16, runs 1.3-2.5x
-faster at the 150m shape (16 rows x 768 -> 6144: 2.2 -> 1.3 ms, measured on this
-project's AMD CPUs) -- and for most row counts with the very same summation order, so
-the results are bitwise equal. Which forms are equal and which is fastest depends on the
-shape, the BLAS and the CPU, so each (rows, weight shape) is decided once per process, on
-its first call: every form is computed, those not bitwise equal to F.linear's result are
-discarded, and the fastest of the rest (F.linear itself included) is kept. The timing
-only ever picks among identical results, so the sampler's tokens never depend on it.
+Two paths, both deterministic:
+
+- **The decode kernel** (echo_nemo/model/decode_gemm.c), for float32 weights of at least
+  KERNEL_MIN_BYTES on an AVX2 CPU. A decode step streams every weight matrix from memory
+  for a few rows of x; MKL's sgemm spends that time packing the weights into panels. The
+  kernel streams them once, in place, and prefetches ahead: at the 150m decode shapes (16
+  rows) it runs the products in ~25 ms a step where MKL's best form takes ~41 (measured
+  on this project's 2-core AMD machines, cold weights). Its sums are ordered differently
+  from MKL's, so its results differ from F.linear's in the last bits (a few float32
+  ulps); each output is summed in one fixed order whatever the thread count or the TP
+  shard. echo_nemo.model.decode_kernel compiles it once per machine; without a C
+  compiler, on another CPU, or with $ECHO_NEMO_DECODE_GEMM=blas, the BLAS path below runs.
+- **BLAS**, for smaller weights (they stay in cache, where MKL is as fast: the tiny
+  shape), other dtypes, or without the kernel: the fastest form of the product that is
+  bitwise equal to F.linear. The swapped product (w x^T)^T, or the same with the rows
+  padded to a multiple of 16, runs 1.3-2.5x faster than F.linear for most decode shapes
+  with the very same summation order. Which forms are equal and which is fastest depends
+  on the shape, the BLAS and the CPU, so each (rows, weight shape) is decided once per
+  process, on its first call: every form is computed, those not bitwise equal to
+  F.linear's result are discarded, and the fastest of the rest is kept. The timing only
+  ever picks among identical results, so the sampler's tokens never depend on it.
 """
 
 from __future__ import annotations
@@ -21,9 +31,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from echo_nemo.model import decode_kernel
+
 MAX_ROWS = 64  # decode batches; prefill's ~256-row packs stay on F.linear (little to gain,
 # and every pack has its own row count to decide)
 TRIALS = 3
+KERNEL_MIN_BYTES = 1 << 20  # smaller weights stay in cache between steps, where BLAS is as
+# fast (tiny's largest matrix is 0.5 MiB: its rollouts, and the quickstart's, keep BLAS's bits)
 
 
 def _swapped(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -71,10 +85,16 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     The result may be a transposed view (dense): elementwise ops on it round as on
     F.linear's; `x + view` keeps x's layout; make it .contiguous() before a reduction."""
-    rows = x.numel() // x.size(-1)
-    if x.device.type != "cpu" or rows > MAX_ROWS or w.dtype != torch.float32:
+    rows, k = x.numel() // x.size(-1), x.size(-1)
+    if x.device.type != "cpu" or rows > MAX_ROWS or w.dtype != torch.float32 or x.dtype != torch.float32 \
+            or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
         return F.linear(x, w)
-    x2 = x.reshape(rows, x.size(-1))
+    x2 = x.reshape(rows, k)
+    if w.numel() * 4 >= KERNEL_MIN_BYTES and k % 8 == 0 and w.is_contiguous() and (fn := decode_kernel.load()):
+        x2 = x2.contiguous()
+        y = torch.empty(rows, w.size(0))
+        fn(x2.data_ptr(), w.data_ptr(), y.data_ptr(), rows, k, w.size(0), torch.get_num_threads())
+        return y.view(*x.shape[:-1], w.size(0))
     key = (rows, *w.shape, w.stride(), x2.is_contiguous())
     form = _chosen.get(key)
     if form is None:

@@ -1,14 +1,27 @@
-"""echo_nemo.model.gemm: the decoder's per-shape choice of product form never changes a bit of
-the result, and the sampler's tokens and log-probs are those of plain F.linear."""
+"""echo_nemo.model.gemm: the decoder's products. On BLAS, the per-shape choice of product
+form never changes a bit of the result, and the sampler's tokens and log-probs are those
+of plain F.linear. The decode kernel (large weights) is as accurate as BLAS, gives the
+same bits whatever the thread count or the TP shard, and where it cannot be built the
+decoder falls back to BLAS saying why."""
+
+import os
+import shutil
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from rl_helpers import CharTokenizer, debug_model
+from shared_helpers import run_cli
 
 from echo_nemo.distributed import init_distributed
-from echo_nemo.model import gemm
+from echo_nemo.errors import UserError
+from echo_nemo.model import decode_kernel, gemm
 from echo_nemo.model.generate import generate
+
+needs_kernel = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which(os.environ.get("CC", "cc")) is None
+    or not decode_kernel._cpu_ok(), reason="the decode kernel needs a C compiler and an x86-64 AVX2 CPU")
 
 
 @pytest.fixture
@@ -17,9 +30,22 @@ def fresh_choices(monkeypatch):
     return gemm._chosen
 
 
+@pytest.fixture
+def blas(monkeypatch):
+    monkeypatch.setattr(decode_kernel, "load", lambda: None)
+
+
+@pytest.fixture
+def reload_kernel():
+    """load() runs again in the test (its result is cached per process), and again after it."""
+    decode_kernel.load.cache_clear()
+    yield
+    decode_kernel.load.cache_clear()
+
+
 @pytest.mark.parametrize("rows", [1, 3, 8, 11, 12, 16, 29, 64])
 @pytest.mark.parametrize("k,n", [(128, 384), (768, 2304), (3072, 768)])
-def test_linear_is_bitwise_f_linear_for_every_row_count(fresh_choices, rows, k, n):
+def test_blas_linear_is_bitwise_f_linear_for_every_row_count(fresh_choices, blas, rows, k, n):
     g = torch.Generator().manual_seed(rows * n)
     w = torch.randn(n, k, generator=g)
     x = torch.randn(rows, 1, k, generator=g)  # a decode step's [rows, 1, d]
@@ -44,19 +70,22 @@ def test_a_faster_form_that_differs_in_one_bit_is_never_chosen(fresh_choices, mo
     assert gemm.choose(x, w) in gemm.FORMS
 
 
-def test_large_batches_and_other_dtypes_stay_on_f_linear(fresh_choices):
-    w = torch.randn(256, 128)
-    prefill = torch.randn(1, gemm.MAX_ROWS + 1, 128)
+def test_large_batches_other_dtypes_and_autograd_stay_on_f_linear(fresh_choices):
+    w = torch.randn(2304, 768)  # kernel-sized
+    prefill = torch.randn(1, gemm.MAX_ROWS + 1, 768)
     assert torch.equal(gemm.linear(prefill, w), F.linear(prefill, w))
-    half = torch.randn(16, 128, dtype=torch.bfloat16)
+    half = torch.randn(16, 768, dtype=torch.bfloat16)
     assert torch.equal(gemm.linear(half, w.bfloat16()), F.linear(half, w.bfloat16()))
-    assert fresh_choices == {}  # neither was timed or cached
+    x = torch.randn(16, 768, requires_grad=True)
+    out = gemm.linear(x, w)
+    assert torch.equal(out, F.linear(x, w)) and out.requires_grad
+    assert fresh_choices == {}  # none was timed or cached
 
 
 def test_sampled_tokens_and_logprobs_equal_those_of_plain_f_linear(monkeypatch):
     init_distributed(tp=1, seed=7)
     tok = CharTokenizer()
-    model = debug_model(256, seed=5, scale="tiny").eval()
+    model = debug_model(256, seed=5, scale="tiny").eval()  # every weight under KERNEL_MIN_BYTES
     prompts = ["What is 2+3?\n\n", "hi", "A longer prompt, with words.\n\n", "7*8="] * 5  # 20 rows
     monkeypatch.setattr(gemm, "_chosen", {})
     chosen = generate(model, tok, prompts, max_new_tokens=24, temperature=1.0, seed=3)
@@ -66,3 +95,73 @@ def test_sampled_tokens_and_logprobs_equal_those_of_plain_f_linear(monkeypatch):
     plain = generate(model, tok, prompts, max_new_tokens=24, temperature=1.0, seed=3)
     assert chosen.completion_ids == plain.completion_ids
     assert all(torch.equal(a, b) for a, b in zip(chosen.logprobs, plain.logprobs))
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 16, 17, 64])
+@pytest.mark.parametrize("k,n", [(768, 2304), (3072, 769), (8, 40_000)])  # n % 3 = 0, 1, 1
+def test_kernel_is_as_accurate_as_blas(fresh_choices, rows, k, n):
+    assert decode_kernel.load() is not None
+    g = torch.Generator().manual_seed(rows + n)
+    w = torch.randn(n, k, generator=g) * 0.02
+    x = torch.randn(rows, 1, k, generator=g)
+    out = gemm.linear(x, w)
+    assert out.shape == (rows, 1, n) and out.is_contiguous() and fresh_choices == {}  # not BLAS
+    exact = F.linear(x.double(), w.double())
+    err, blas_err = (out - exact).abs().max(), (F.linear(x, w) - exact).abs().max()
+    assert err <= max(2 * blas_err, 1e-6), (float(err), float(blas_err))
+    assert not torch.equal(out, F.linear(x, w)) or k == 8  # it really is another summation
+
+
+@needs_kernel
+def test_kernel_bits_do_not_depend_on_threads_or_tp_shards():
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(6144, 768, generator=g), torch.randn(16, 768, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = gemm.linear(x, w)
+        torch.set_num_threads(1)
+        one = gemm.linear(x, w)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+    shard = w[1000:4072]  # a column-parallel rank's rows (1.2 MB: still the kernel's)
+    assert torch.equal(gemm.linear(x, shard), two[:, 1000:4072])
+
+
+@needs_kernel
+def test_the_kernel_is_built_once_and_cached(tmp_path):
+    lib = decode_kernel.build(tmp_path)
+    mtime = lib.stat().st_mtime_ns
+    assert decode_kernel.build(tmp_path) == lib and lib.stat().st_mtime_ns == mtime
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [lib.name]  # no temporary left
+
+
+def test_without_a_working_compiler_decoding_falls_back_to_blas(tmp_path, monkeypatch, capsys, reload_kernel):
+    monkeypatch.setenv("ECHO_NEMO_CACHE", str(tmp_path))
+    monkeypatch.setattr(decode_kernel, "_cpu_ok", lambda: True)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        decode_kernel.build()
+    assert decode_kernel.load() is None
+    assert "decode kernel is not available" in capsys.readouterr().err
+    w, x = torch.randn(2304, 768), torch.randn(16, 768)
+    assert torch.equal(gemm.linear(x, w), F.linear(x, w))  # BLAS's bits
+    decode_kernel.load.cache_clear()
+    monkeypatch.setenv("CC", "false")  # a compiler that fails: nothing half-written is left
+    assert decode_kernel.load() is None
+    assert "false failed" in capsys.readouterr().err
+    assert not any((tmp_path / "kernels").iterdir())
+
+
+def test_blas_by_choice_and_a_misspelt_choice_exits_2(monkeypatch, reload_kernel):
+    monkeypatch.setenv(decode_kernel.ENV, "blas")
+    assert decode_kernel.load() is None
+    decode_kernel.load.cache_clear()
+    monkeypatch.setenv(decode_kernel.ENV, "fast")
+    with pytest.raises(UserError, match="ECHO_NEMO_DECODE_GEMM"):
+        decode_kernel.load()
+    r = run_cli("config", "recipes/pretrain/debug.yaml", env={decode_kernel.ENV: "fast"}, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "ECHO_NEMO_DECODE_GEMM" in r.stderr and "'fast'" in r.stderr and "blas" in r.stderr

@@ -112,6 +112,29 @@ def test_lean_decoder_stops_each_row_at_eos(models, scale):
     assert [len(lp) for lp in out.logprobs] == [len(r) for r in refs]
 
 
+def test_the_150m_width_decodes_on_the_kernel_and_tiny_on_blas(models, monkeypatch):
+    """Where the C kernel is available, the reduced 150m shape's decode products run on it
+    (so the equivalence tests above hold for it), tiny's stay on bitwise-F.linear BLAS."""
+    from echo_nemo.model import decode_kernel
+
+    fn = decode_kernel.load()
+    if fn is None:
+        pytest.skip("no decode kernel on this machine (no C compiler or no AVX2)")
+    calls = []
+    monkeypatch.setattr(decode_kernel, "load", lambda: lambda *a: (calls.append(a[3:6]), fn(*a)))
+    for scale, want in ((REDUCED_150M.name, True), ("tiny", False)):
+        calls.clear()
+        generate(models[scale], CharTokenizer(), PROMPTS, max_new_tokens=4, greedy=True)
+        assert bool(calls) == want, scale
+    calls.clear()
+    generate(models[REDUCED_150M.name], CharTokenizer(), PROMPTS, max_new_tokens=4, greedy=True)
+    # qkv, proj, fc1 and fc2 of both layers (the logits' 256 x 768 is BLAS's): in the prefill
+    # (one pack of the prompts' 58 tokens) and at each of the 3 decode steps (6 rows)
+    assert sorted({(k, n) for _, k, n in calls}) == [(768, 768), (768, 2304), (768, 6144), (3072, 768)]
+    rows = [m for m, _, _ in calls]
+    assert rows == [sum(map(len, PROMPTS))] * 8 + [len(PROMPTS)] * 3 * 8
+
+
 def _tp_worker(out_path: str) -> None:
     init_distributed(tp=2, seed=7)
     tok = CharTokenizer()
