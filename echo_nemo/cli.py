@@ -15,7 +15,7 @@ import warnings
 
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
 from echo_nemo.malloc import keep_freed_memory
-from echo_nemo.model import decode_kernel
+from echo_nemo.model import cpu_kernels
 from echo_nemo.preempt import EXIT_REQUEUE, Preempted
 
 # (subcommand, module providing `register`) in the order `--help` lists them.
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT if args.command is None else 0
     try:
         keep_freed_memory()  # before the first tensor: every step reuses the last one's memory
-        decode_kernel.choice()  # a misspelt $ECHO_NEMO_DECODE_GEMM fails now, not at the first rollout
+        cpu_kernels.choice()  # a misspelt $ECHO_NEMO_CPU_KERNELS fails now, not at the first rollout
         rc = args.func(args)
     except UserError as e:
         print(f"echo-nemo: error: {e}", file=sys.stderr)

@@ -43,3 +43,16 @@ def run_cli(*args: str, timeout: float = 600, env: dict | None = None, cwd: str 
         env=full_env,
         cwd=cwd or str(REPO),
     )
+
+
+def needs_cpu_kernels():
+    """pytest mark: skip where echo-nemo's C kernels cannot run (no C compiler, no AVX2)."""
+    import shutil
+
+    import pytest
+
+    from echo_nemo.model import cpu_kernels
+
+    missing = not sys.platform.startswith("linux") or shutil.which(os.environ.get("CC", "cc")) is None \
+        or not cpu_kernels._cpu_ok()
+    return pytest.mark.skipif(missing, reason="the CPU kernels need a C compiler and an x86-64 AVX2 CPU")

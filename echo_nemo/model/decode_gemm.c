@@ -51,8 +51,9 @@ static void tile(const float *x, int mm, const float *w, int nn, int K, float *y
         }
     }
     *cursor = pf;
-    for (int i = 0; i < mm; i++)
-        for (int j = 0; j < nn; j++) y[(size_t)i * N + j] = lane_sum(a[i][j]);
+    for (int i = 0; i < 4; i++) /* constant bounds: a stays in registers */
+        for (int j = 0; j < 3; j++)
+            if (i < mm && j < nn) y[(size_t)i * N + j] = lane_sum(a[i][j]);
 }
 
 void echo_decode_gemm(const float *x, const float *w, float *y, int M, int K, int N, int threads) {

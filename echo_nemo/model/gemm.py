@@ -10,8 +10,8 @@ Two paths, both deterministic:
   on this project's 2-core AMD machines, cold weights). Its sums are ordered differently
   from MKL's, so its results differ from F.linear's in the last bits (a few float32
   ulps); each output is summed in one fixed order whatever the thread count or the TP
-  shard. echo_nemo.model.decode_kernel compiles it once per machine; without a C
-  compiler, on another CPU, or with $ECHO_NEMO_DECODE_GEMM=blas, the BLAS path below runs.
+  shard. echo_nemo.model.cpu_kernels compiles it once per machine; without a C
+  compiler, on another CPU, or with $ECHO_NEMO_CPU_KERNELS=torch, the BLAS path below runs.
 - **BLAS**, for smaller weights (they stay in cache, where MKL is as fast: the tiny
   shape), other dtypes, or without the kernel: the fastest form of the product that is
   bitwise equal to F.linear. The swapped product (w x^T)^T, or the same with the rows
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from echo_nemo.model import decode_kernel
+from echo_nemo.model import cpu_kernels
 
 MAX_ROWS = 64  # decode batches; prefill's ~256-row packs stay on F.linear (little to gain,
 # and every pack has its own row count to decide)
@@ -90,10 +90,10 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
             or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
         return F.linear(x, w)
     x2 = x.reshape(rows, k)
-    if w.numel() * 4 >= KERNEL_MIN_BYTES and k % 8 == 0 and w.is_contiguous() and (fn := decode_kernel.load()):
+    if w.numel() * 4 >= KERNEL_MIN_BYTES and k % 8 == 0 and w.is_contiguous() and (lib := cpu_kernels.load()):
         x2 = x2.contiguous()
         y = torch.empty(rows, w.size(0))
-        fn(x2.data_ptr(), w.data_ptr(), y.data_ptr(), rows, k, w.size(0), torch.get_num_threads())
+        lib.echo_decode_gemm(x2.data_ptr(), w.data_ptr(), y.data_ptr(), rows, k, w.size(0), torch.get_num_threads())
         return y.view(*x.shape[:-1], w.size(0))
     key = (rows, *w.shape, w.stride(), x2.is_contiguous())
     form = _chosen.get(key)

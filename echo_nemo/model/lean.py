@@ -6,9 +6,11 @@ backward on those strided views), RoPE through two concatenations per tensor, th
 layer's bias-dropout-add, RNG-tracker forks and its vocab-parallel cross entropy built
 from separate max / exp / sum / gather passes. This module runs the same arithmetic,
 
-    x = E[tokens];  per layer:  x += W_o SDPA_causal(rope(q), rope(k), v),  q, k, v = W_qkv LN(x)
+    x = E[tokens];  per layer:  x += W_o attn_causal(rope(q), rope(k), v),  q, k, v = W_qkv LN(x)
                                 x += W_2 (silu(g) * u),                     g, u = W_1 LN(x)
     logits = output_layer(LN(x))
+
+(attn_causal: echo_nemo.model.attention, echo-nemo's C kernel on CPU, else torch's SDPA)
 
 in the [b, s, h] layout Hugging Face's OLMo uses, on the very parameter tensors of the
 megatron module (gradients land in their .grad; checkpoints, the HF export and the
@@ -80,6 +82,7 @@ def lean_forward(model, tokens: torch.Tensor) -> torch.Tensor:
     """Logits [b, s, V/tp] (full V when built with parallel_output=False) of the causal LM,
     the same as megatron's `model(tokens, arange positions, attention_mask=None)`."""
     from echo_nemo.distributed import tp_size
+    from echo_nemo.model import attention
 
     gpt = getattr(model, "module", model)
     cfg = gpt.config
@@ -102,8 +105,7 @@ def lean_forward(model, tokens: torch.Tensor) -> torch.Tensor:
         q, k = rope(qk, cos, sin).split([per, 1], dim=3)
         q = q.reshape(b, s, groups * per, hn).transpose(1, 2)
         k, v = k.squeeze(3).transpose(1, 2), v.squeeze(3).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=per > 1)
-        o = o.transpose(1, 2).reshape(b, s, groups * per * hn)
+        o = attention.causal(q, k, v).reshape(b, s, groups * per * hn)
         x = x + _tp(F.linear(o, attn.linear_proj.weight), "reduce", tp)
         h = _tp(layer.pre_mlp_layernorm(x), "copy", tp)
         g, u = F.linear(h, mlp.linear_fc1.weight).chunk(2, dim=-1)

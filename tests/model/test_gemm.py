@@ -1,27 +1,19 @@
 """echo_nemo.model.gemm: the decoder's products. On BLAS, the per-shape choice of product
 form never changes a bit of the result, and the sampler's tokens and log-probs are those
-of plain F.linear. The decode kernel (large weights) is as accurate as BLAS, gives the
-same bits whatever the thread count or the TP shard, and where it cannot be built the
-decoder falls back to BLAS saying why."""
-
-import os
-import shutil
-import sys
+of plain F.linear. The decode kernel (large weights) is as accurate as BLAS and gives the
+same bits whatever the thread count or the TP shard (its fallback: test_cpu_kernels)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from rl_helpers import CharTokenizer, debug_model
-from shared_helpers import run_cli
+from shared_helpers import needs_cpu_kernels
 
 from echo_nemo.distributed import init_distributed
-from echo_nemo.errors import UserError
-from echo_nemo.model import decode_kernel, gemm
+from echo_nemo.model import cpu_kernels, gemm
 from echo_nemo.model.generate import generate
 
-needs_kernel = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or shutil.which(os.environ.get("CC", "cc")) is None
-    or not decode_kernel._cpu_ok(), reason="the decode kernel needs a C compiler and an x86-64 AVX2 CPU")
+needs_kernel = needs_cpu_kernels()
 
 
 @pytest.fixture
@@ -32,15 +24,7 @@ def fresh_choices(monkeypatch):
 
 @pytest.fixture
 def blas(monkeypatch):
-    monkeypatch.setattr(decode_kernel, "load", lambda: None)
-
-
-@pytest.fixture
-def reload_kernel():
-    """load() runs again in the test (its result is cached per process), and again after it."""
-    decode_kernel.load.cache_clear()
-    yield
-    decode_kernel.load.cache_clear()
+    monkeypatch.setattr(cpu_kernels, "load", lambda: None)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 11, 12, 16, 29, 64])
@@ -101,7 +85,7 @@ def test_sampled_tokens_and_logprobs_equal_those_of_plain_f_linear(monkeypatch):
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 16, 17, 64])
 @pytest.mark.parametrize("k,n", [(768, 2304), (3072, 769), (8, 40_000)])  # n % 3 = 0, 1, 1
 def test_kernel_is_as_accurate_as_blas(fresh_choices, rows, k, n):
-    assert decode_kernel.load() is not None
+    assert cpu_kernels.load() is not None
     g = torch.Generator().manual_seed(rows + n)
     w = torch.randn(n, k, generator=g) * 0.02
     x = torch.randn(rows, 1, k, generator=g)
@@ -128,40 +112,3 @@ def test_kernel_bits_do_not_depend_on_threads_or_tp_shards():
     assert torch.equal(one, two)
     shard = w[1000:4072]  # a column-parallel rank's rows (1.2 MB: still the kernel's)
     assert torch.equal(gemm.linear(x, shard), two[:, 1000:4072])
-
-
-@needs_kernel
-def test_the_kernel_is_built_once_and_cached(tmp_path):
-    lib = decode_kernel.build(tmp_path)
-    mtime = lib.stat().st_mtime_ns
-    assert decode_kernel.build(tmp_path) == lib and lib.stat().st_mtime_ns == mtime
-    assert [p.name for p in (tmp_path / "kernels").iterdir()] == [lib.name]  # no temporary left
-
-
-def test_without_a_working_compiler_decoding_falls_back_to_blas(tmp_path, monkeypatch, capsys, reload_kernel):
-    monkeypatch.setenv("ECHO_NEMO_CACHE", str(tmp_path))
-    monkeypatch.setattr(decode_kernel, "_cpu_ok", lambda: True)
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    with pytest.raises(RuntimeError, match="no C compiler"):
-        decode_kernel.build()
-    assert decode_kernel.load() is None
-    assert "decode kernel is not available" in capsys.readouterr().err
-    w, x = torch.randn(2304, 768), torch.randn(16, 768)
-    assert torch.equal(gemm.linear(x, w), F.linear(x, w))  # BLAS's bits
-    decode_kernel.load.cache_clear()
-    monkeypatch.setenv("CC", "false")  # a compiler that fails: nothing half-written is left
-    assert decode_kernel.load() is None
-    assert "false failed" in capsys.readouterr().err
-    assert not any((tmp_path / "kernels").iterdir())
-
-
-def test_blas_by_choice_and_a_misspelt_choice_exits_2(monkeypatch, reload_kernel):
-    monkeypatch.setenv(decode_kernel.ENV, "blas")
-    assert decode_kernel.load() is None
-    decode_kernel.load.cache_clear()
-    monkeypatch.setenv(decode_kernel.ENV, "fast")
-    with pytest.raises(UserError, match="ECHO_NEMO_DECODE_GEMM"):
-        decode_kernel.load()
-    r = run_cli("config", "recipes/pretrain/debug.yaml", env={decode_kernel.ENV: "fast"}, timeout=120)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert "ECHO_NEMO_DECODE_GEMM" in r.stderr and "'fast'" in r.stderr and "blas" in r.stderr

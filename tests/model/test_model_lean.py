@@ -115,13 +115,22 @@ def test_lean_decoder_stops_each_row_at_eos(models, scale):
 def test_the_150m_width_decodes_on_the_kernel_and_tiny_on_blas(models, monkeypatch):
     """Where the C kernel is available, the reduced 150m shape's decode products run on it
     (so the equivalence tests above hold for it), tiny's stay on bitwise-F.linear BLAS."""
-    from echo_nemo.model import decode_kernel
+    from echo_nemo.model import cpu_kernels
 
-    fn = decode_kernel.load()
-    if fn is None:
-        pytest.skip("no decode kernel on this machine (no C compiler or no AVX2)")
+    lib = cpu_kernels.load()
+    if lib is None:
+        pytest.skip("no CPU kernels on this machine (no C compiler or no AVX2)")
     calls = []
-    monkeypatch.setattr(decode_kernel, "load", lambda: lambda *a: (calls.append(a[3:6]), fn(*a)))
+
+    class Counting:  # the library, with its decode product counted
+        def __getattr__(self, name):
+            return getattr(lib, name)
+
+        def echo_decode_gemm(self, *a):
+            calls.append(a[3:6])
+            return lib.echo_decode_gemm(*a)
+
+    monkeypatch.setattr(cpu_kernels, "load", lambda: Counting())
     for scale, want in ((REDUCED_150M.name, True), ("tiny", False)):
         calls.clear()
         generate(models[scale], CharTokenizer(), PROMPTS, max_new_tokens=4, greedy=True)
