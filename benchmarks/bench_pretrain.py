@@ -12,8 +12,10 @@ it does not list).
 A training step = forward + backward + gradient clipping + AdamW step, fp32, on random
 token batches (vocab 1024, the echo-lab tokenizer's). Ours uses the loop's pieces
 (build_gpt, causal_forward -- by default the lean forward over megatron's parameters with
-torch's fused cross entropy; `--engine megatron` for megatron's own forward and loss --
-with the padded-vocab mask, clip_gradients, OptimConfig.build). The two models alternate in rounds so machine load
+torch's fused cross entropy and, on CPU, echo-nemo's attention kernel
+(echo_nemo/model/attention.c; `ECHO_NEMO_CPU_KERNELS=torch` for torch's SDPA, which HF
+runs); `--engine megatron` for megatron's own forward and loss -- with the padded-vocab
+mask, clip_gradients, OptimConfig.build). The two models alternate in rounds so machine load
 hits both alike; the median step time of each is reported, with the ratio
 (target >= 1.0) and our MFU against the CPU fp32 matmul peak (best window measured
 between rounds).
@@ -122,9 +124,13 @@ def main() -> None:
     tokens_per_step = args.batch * args.seq
     tps = {k: tokens_per_step / statistics.median(v) for k, v in times.items()}
     fpt = flops_per_token(scale, args.vocab, args.seq)
+    from echo_nemo.model import cpu_kernels
+
+    kernels = "echo-nemo" if cpu_kernels.load() is not None and not cuda else "torch"
     print(
         f"scale={args.scale} batch={args.batch}x{args.seq} vocab={args.vocab} "
-        f"threads={torch.get_num_threads()} params={sum(p.numel() for p in ours.parameters()):,} malloc={args.malloc}"
+        f"threads={torch.get_num_threads()} params={sum(p.numel() for p in ours.parameters()):,} malloc={args.malloc} "
+        f"kernels={kernels}"
     )
     if cuda:
         print(f"GPU {torch.cuda.get_device_name()}: bf16 autocast, dense bf16 peak "

@@ -11,11 +11,13 @@ time of each is reported. Figure: generated tokens/s; baseline: HF generate (wit
 cache); ratio = ours / HF. Ours is echo_nemo.model.generate with the default lean decoder
 (`--engine megatron`: megatron's static-batching inference, the previous sampler).
 
-Both sides run under the malloc settings every echo-nemo command applies
-(echo_nemo.malloc); `--malloc glibc` keeps glibc's defaults. Neither moves generation
-much: at 150m `generate` runs at one of two speeds from run to run under either setting
-(~141-152 or ~163-172 tokens/s on this project's machines), ours at ~225-250, so quote
-several runs.
+On CPU ours multiplies the decode step's rows by weights of 1 MiB and more with
+echo-nemo's decode kernel (echo_nemo/model/decode_gemm.c; `ECHO_NEMO_CPU_KERNELS=torch`
+for MKL's best bitwise form): all of 150m's, none of tiny's. Both sides run under the
+malloc settings every echo-nemo command applies (echo_nemo.malloc); `--malloc glibc`
+keeps glibc's defaults. Neither moves generation much: at 150m `generate` runs at one of
+two speeds from run to run under either setting (~141-152 or ~163-172 tokens/s on this
+project's machines), so quote several runs.
 
 When a GPU is present it also times one PPO-style update (forward + backward of the
 policy over the rollout batch) in tokens/s.
@@ -138,9 +140,12 @@ def main() -> None:
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     ours, hf, tok = build(args.scale, dtype)
     diff = check_same_logits(ours, hf, tok)
+    from echo_nemo.model import cpu_kernels
+
+    kernels = "echo-nemo" if cpu_kernels.load() is not None and not torch.cuda.is_available() else "torch"
     print(f"scale {args.scale}, batch {args.batch}, {args.new_tokens} new tokens, {dtype}, "
-          f"threads {torch.get_num_threads()}, malloc {args.malloc}, device {next(ours.parameters()).device}; "
-          f"max |logit diff| megatron vs HF = {diff:.2e}")
+          f"threads {torch.get_num_threads()}, malloc {args.malloc}, kernels {kernels}, "
+          f"device {next(ours.parameters()).device}; max |logit diff| megatron vs HF = {diff:.2e}")
     prompts = [p.prompt for p in load_problems("echolab_test", limit=args.batch)]
     prompts = (prompts * (args.batch // max(1, len(prompts)) + 1))[: args.batch]
     time_ours(ours, tok, prompts[:2], 2, 0, args.engine)  # warm-up (allocator, thread pools)

@@ -1,4 +1,4 @@
-"""The generation and pretraining benchmarks run end to end in a smoke mode (debug sizes).
+"""The generation, pretraining and attention benchmarks run end to end in a smoke mode (debug sizes).
 
 They print figures next to a same-run baseline; timings are never asserted here (the
 README's come from full runs on an idle machine). What is checked: the run exits 0, the
@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+
+from shared_helpers import needs_cpu_kernels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,6 +36,7 @@ def test_bench_rollout_smoke():
                "--threads", "1")
     assert _figure(out, r"logit diff\| megatron vs HF = ([0-9.e+-]+)") < 1e-4
     assert "malloc echo-nemo" in out  # the settings every echo-nemo command applies, by default
+    assert re.search(r"kernels (echo-nemo|torch)", out)
     assert _figure(out, r"transformers generate:\s+([0-9.]+) tokens/s") > 0
     assert _figure(out, r"echo-nemo rollout \(lean\):\s+([0-9.]+) tokens/s") > 0
     assert _figure(out, r"ratio echo-nemo / transformers: ([0-9.]+)x") > 0
@@ -42,7 +45,17 @@ def test_bench_rollout_smoke():
 def test_bench_pretrain_smoke():
     out = _run("bench_pretrain.py", "--scale", "debug", "--batch", "2", "--seq", "32", "--steps", "1", "--rounds", "1",
                "--threads", "1", "--malloc", "glibc")
-    assert "malloc=glibc" in out
+    assert "malloc=glibc" in out and re.search(r"kernels=(echo-nemo|torch)", out)
     assert _figure(out, r"ours \(megatron-core GPT, lean\):\s+([0-9,]+) tokens/s") > 0
     assert _figure(out, r"baseline \(HF OlmoForCausalLM\):\s+([0-9,]+) tokens/s") > 0
     assert _figure(out, r"ratio ours / baseline: ([0-9.]+)") > 0
+
+
+@needs_cpu_kernels()
+def test_bench_attention_smoke():
+    out = _run("bench_attention.py", "--smoke", "--repeats", "1", "--threads", "1")
+    assert _figure(out, r"max \|kernel - sdpa\| ([0-9.e+-]+)") < 1e-4  # compared before anything is timed
+    for what in ("fwd", "fwd\\+bwd"):
+        assert _figure(out, what + r": kernel\s+([0-9.]+)") > 0
+        assert _figure(out, what + r": kernel\s+[0-9.]+ sdpa\s+([0-9.]+)") > 0
+        assert _figure(out, what + r": kernel [^\n]*? ratio ([0-9.]+)x") > 0

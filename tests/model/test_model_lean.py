@@ -40,9 +40,15 @@ def models():
 
 
 @pytest.mark.parametrize("scale", SHAPES)
-def test_lean_forward_equals_megatron_forward(models, scale):
+def test_lean_forward_equals_megatron_forward(models, scale, monkeypatch):
+    """Where echo-nemo's CPU kernels run, the lean forward's attention is the C kernel's."""
+    from echo_nemo.model import attention, cpu_kernels
+
     model = models[scale]
     assert lean.supports(model)
+    kernel_calls = []
+    real_apply = attention._KernelAttention.apply
+    monkeypatch.setattr(attention._KernelAttention, "apply", lambda *a: (kernel_calls.append(1), real_apply(*a))[1])
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 200, (3, 37), generator=g)
     labels = torch.randint(0, 200, (3, 37), generator=g)
@@ -55,6 +61,8 @@ def test_lean_forward_equals_megatron_forward(models, scale):
         with torch.no_grad():
             grads[engine] += (causal_forward(model, tokens, engine=engine),)
     (loss_a, ga, logits_a), (loss_b, gb, logits_b) = grads["lean"], grads["megatron"]
+    n_layers = len(getattr(model, "module", model).decoder.layers)
+    assert len(kernel_calls) == (2 * n_layers if cpu_kernels.load() is not None else 0)  # 2 lean forwards
     assert loss_a.shape == (3, 37)
     torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-6)
