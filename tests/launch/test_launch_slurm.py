@@ -230,7 +230,7 @@ def test_sweep_rl_point_usr1_requeues_through_submitit_and_resumes(slurm_cluster
     finishes, and the point is marked done."""
     from echo_nemo.launch.submit import plan_sweep, submit_sweep, wait_for
 
-    steps = 12
+    steps = 150  # debug scale runs ~15 steps/s: enough that the signal lands mid-loop
     args = ["model.init=null", "model.scale=debug", f"steps={steps}", "rollout.prompts_per_step=2",
             "rollout.samples_per_prompt=4", "rollout.max_new_tokens=10", "data.eval_limit=2",
             "eval_max_new_tokens=10", "num_checkpoints=2", "checkpoint.every=0", "reward.in_process=true"]
