@@ -8,9 +8,9 @@ clean process group and its own progress bar), writing its own run dir under --o
 data/, pretrain/, eval_before/, rl/, eval_after/, report/, and summary.json with the
 format shares and accuracy before and after RL. Budgets:
 
-- full: the effect: 1000 pretraining steps, 35 GRPO steps (16 prompts x 8 samples) and two
-  evaluations; about 8 min on 2 cores that pretrain at ~15,000 tokens/s, up to 20 on a
-  slow machine at ~6,000 (README: measured per seed).
+- full: the effect: 1000 pretraining steps, 50 GRPO steps (16 prompts x 8 samples) and two
+  evaluations; about 9 min on 2 cores that pretrain at ~15,000 tokens/s, 10-11 at
+  ~10,000-12,500, up to 20 on a slow machine at ~6,000 (README: measured per seed).
 - smoke: the same pipeline at plumbing size for CI (under a minute); it shows no effect.
 
 Running again with the same --out continues: the data build skips an up-to-date
@@ -253,7 +253,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the echo chamber on CPU in minutes: data -> pretrain -> eval -> RL -> eval -> report",
         description="Build a three-format echo-lab mixture, pretrain the tiny model, evaluate, RL fine-tune "
         "(GRPO), evaluate again and write a report. Prints the format shares and accuracy before and after "
-        "RL. --budget full (8-20 min on 2 CPU cores, by machine speed) shows the effect; "
+        "RL. --budget full (9-20 min on 2 CPU cores, by machine speed) shows the effect; "
         "smoke (under a minute) checks the plumbing.",
     )
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
