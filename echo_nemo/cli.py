@@ -9,6 +9,7 @@ inside the handlers, so `echo-nemo --help` is instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import warnings
@@ -16,7 +17,7 @@ import warnings
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
 from echo_nemo.malloc import keep_freed_memory
 from echo_nemo.model import cpu_kernels
-from echo_nemo.preempt import EXIT_REQUEUE, Preempted
+from echo_nemo.preempt import EXIT_REQUEUE, Preempted, catch_signals
 
 # (subcommand, module providing `register`) in the order `--help` lists them.
 COMMANDS: list[tuple[str, str]] = [
@@ -85,7 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         keep_freed_memory()  # before the first tensor: every step reuses the last one's memory
         cpu_kernels.choice()  # a misspelt $ECHO_NEMO_CPU_KERNELS fails now, not at the first rollout
-        rc = args.func(args)
+        # pretrain and rl stop on SLURM's signals after a step, save and exit 75 (echo_nemo.preempt).
+        # Caught for the whole command, not only inside their loops: a signal during set-up
+        # stops the run at its first step, and one after the last step (final save,
+        # teardown) no longer kills a run that has finished. Other commands keep the
+        # default: SIGTERM ends them at once.
+        stops = catch_signals() if getattr(args, "preemptible", False) else contextlib.nullcontext()
+        with stops:
+            rc = args.func(args)
     except UserError as e:
         print(f"echo-nemo: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -7,8 +7,10 @@ What stops a job early, and what reaches our processes:
 - `scancel --signal=USR1 JOB` (a user, or a test): USR1 to every task.
 - preemption, `scancel`, the time limit: SIGTERM to every process, SIGKILL after KillWait.
 
-`catch_signals()` makes SIGTERM, SIGUSR1 (and, inside a submitit job, submitit's own
-preemption signal, USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise) only set a flag: a
+`catch_signals()` (around the whole `echo-nemo pretrain` / `rl` command in echo_nemo.cli,
+and around each loop for callers that run one directly) makes SIGTERM, SIGUSR1 (and,
+inside a submitit job, submitit's own preemption signal, USR2 unless
+SUBMITIT_PREEMPT_SIGNAL says otherwise) only set a flag: a
 Python handler runs in the main thread between bytecodes, so no step is cut in half.
 The loops call `stop_requested()` after every step: the flag is all-reduced (MAX) over
 all ranks, so every rank stops after the same step even when the signal reached them

@@ -194,9 +194,8 @@ class PointJob(submitit.helpers.Checkpointable):
 
     `checkpoint()` (inherited) resubmits this same object when SLURM signals a timeout
     or preemption: the command's own checkpoints carry the progress, so nothing else
-    needs saving here. The command catches the signal first (echo_nemo.preempt, installed
-    around the whole command) so that it can save after its current step; `_after_stop`
-    then hands over to submitit, whose handler is back in place by then.
+    needs saving here. The command catches the signal first (echo_nemo.preempt) so that
+    it can save after its current step; `_after_stop` then hands over to submitit.
     """
 
     def __init__(self, argv: list[str], run_dir: str) -> None:
@@ -212,11 +211,7 @@ class PointJob(submitit.helpers.Checkpointable):
         from echo_nemo.cli import main
 
         print(f"[echo-nemo sweep] echo-nemo {shlex.join(self.argv)}", flush=True)
-        # Catch for the command's whole life, not only inside its loop: a USR1 that lands
-        # during setup is acted on at the first step, and one that lands after the last
-        # step (saving, teardown) is harmless instead of killing a finished job.
-        with preempt.catch_signals():
-            rc = main(self.argv)
+        rc = main(self.argv)
         if rc == preempt.EXIT_REQUEUE:
             self._after_stop()
         if rc != 0:

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("recipe", help="recipes/pretrain/<name>.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=50 parallel.tp=2")
     add_out_option(p, "run dir to write (default: the recipe's run_dir)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, preemptible=True)  # echo_nemo.cli catches SLURM's stop signals
 
 
 def _run(args: argparse.Namespace) -> int:
