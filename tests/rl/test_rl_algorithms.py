@@ -6,11 +6,11 @@ import pytest
 import torch
 from rl_helpers import CharTokenizer, Prompt, starts_with_reward
 
-from echo_nemo.checkpoint import log_spaced_steps as checkpoint_steps
 from echo_nemo.metrics import read_metrics
 from echo_nemo.rl.config import RLConfig
 from echo_nemo.rl.expert_iteration import filter_and_dedupe
 from echo_nemo.rl.run import open_run, run_rl
+from echo_nemo.schedule import log_spaced_steps as checkpoint_steps
 
 PROBLEMS = [Prompt(f"q{i}", "1") for i in range(16)]
 LOWER = starts_with_reward(string.ascii_lowercase)
