@@ -34,7 +34,9 @@ from echo_nemo.errors import UserError
 
 
 @dataclass
-class Budget:
+class QuickstartBudget:
+    """One size of the quickstart: each stage's recipe and the overrides that size it."""
+
     data_recipe: str
     data_overrides: list[str]
     pretrain_recipe: str
@@ -45,15 +47,15 @@ class Budget:
     rl_overrides: list[str] = field(default_factory=list)
 
 
-BUDGETS: dict[str, Budget] = {
-    "full": Budget(
+BUDGETS: dict[str, QuickstartBudget] = {
+    "full": QuickstartBudget(
         data_recipe="data/echo_tg_omi1_omi2.yaml",
         data_overrides=[],
         pretrain_recipe="pretrain/quickstart_full.yaml",
         rl_recipe="rl/quickstart_full.yaml",
         eval_recipe="eval/echolab_tiny_cpu.yaml",
     ),
-    "smoke": Budget(
+    "smoke": QuickstartBudget(
         data_recipe="data/echo_tg_omi1_omi2.yaml",
         data_overrides=["echolab.num_problems=400", "echolab.num_background=0", "seq_length=128",
                         "sequences_per_shard=200", "num_workers=1"],

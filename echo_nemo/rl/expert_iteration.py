@@ -84,7 +84,7 @@ class ExpertIteration(Algorithm):
             qs = questions[start : start + chunk]
             follow_share()  # a round is one long phase
             parts.append(run.sampler.generate(qs, rnd * 1_000_003 + start, samples=cfg.ei.samples_per_question,
-                                              temperature=cfg.ei.temperature, top_p=cfg.ei.top_p))
+                                              sampling=cfg.ei.sampling))
         return Batch(questions, _concat(parts), cfg.ei.samples_per_question)
 
     def experience(self, run: RLRun, batch: Batch, rewards: list[float]) -> Experience:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from echo_nemo import distributed as D
+from echo_nemo.config import SamplingConfig
 from echo_nemo.model.generate import Rollout, generate
 from echo_nemo.rl.config import RLConfig
 
@@ -53,17 +54,15 @@ class Sampler:
             out.append(self.problems[int(order[i])])
         return out[D.dp_rank() :: D.dp_size()]
 
-    def generate(self, problems: list, step: int, samples: int, temperature: float | None = None,
-                 top_p: float | None = None) -> Rollout:
-        """`samples` completions per problem, contiguous per problem (a GRPO group); the
-        rollout's sampling settings unless `temperature` / `top_p` are given."""
+    def generate(self, problems: list, step: int, samples: int, sampling: SamplingConfig | None = None) -> Rollout:
+        """`samples` completions per problem, contiguous per problem (a GRPO group), sampled
+        with `sampling` (default: the rollout's settings)."""
         r = self.cfg.rollout
         prompts = [p.prompt for p in problems for _ in range(samples)]
         return generate(
             self.model, self.tokenizer, prompts, max_new_tokens=r.max_new_tokens,
-            temperature=temperature or r.temperature, top_p=top_p or r.top_p, top_k=r.top_k,
-            seed=generation_seed(self.cfg.seed, step, D.dp_rank()), batch_size=r.batch_size,
-            max_prompt_tokens=r.max_prompt_tokens,
+            **(sampling or r).generate_kwargs(), seed=generation_seed(self.cfg.seed, step, D.dp_rank()),
+            batch_size=r.batch_size, max_prompt_tokens=r.max_prompt_tokens,
         )
 
     def sample(self, step: int) -> Batch:
