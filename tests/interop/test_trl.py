@@ -111,3 +111,22 @@ def test_trl_reward_reads_content_none_as_empty_text():
     prompts = [[{"role": "user", "content": "What is 2+2?"}]] * 3
     assert adapters.trl_reward(prompts=prompts, completions=completions, answer=["4"] * 3,
                                completion_ids=[[1]] * 3, trainer_state=None) == [0.0, 1.0, 1.0]  # fmt: skip
+
+
+@pytest.mark.interop
+@needs_trl
+def test_bench_rl_step_smoke(tmp_path):
+    """benchmarks/bench_rl_step.py end to end at a debug shape: both sides train and every
+    figure printed is a positive number (timings are never asserted)."""
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_rl_step.py"), "--scale", "debug", "--prompts", "2",
+         "--group", "4", "--new-tokens", "8", "--micro-batch", "4", "--threads", "1"],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for label in ("baseline TRL GRPOTrainer", "echo-nemo rl \\(grpo\\)"):
+        m = re.search(label + r"\s+([0-9.]+)s\s+([0-9.]+)s\s+([0-9.]+)s\s+([0-9.]+)s\s+([0-9.]+)\s+([0-9.]+)", r.stdout)
+        assert m, r.stdout
+        generate, _score, update, step, steps_per_s, new_tokens = map(float, m.groups())
+        assert generate > 0 and update > 0 and step > 0 and steps_per_s > 0 and 0 < new_tokens <= 8
+    assert float(re.search(r"ratio echo-nemo / TRL steps/s: ([0-9.]+)x", r.stdout).group(1)) > 0
