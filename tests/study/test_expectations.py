@@ -19,7 +19,7 @@ def test_the_echolab_expectations_load_for_all_six_findings():
     assert {e.finding for e in exps.values()} == {"f1", "f2", "f3", "f4", "f5", "f6"}
     assert all(isinstance(e, Expectation) and e.expectation and e.claim for e in exps.values())
     # the directions the issue pre-registers
-    assert (exps["f2_text_shift"].contrast, exps["f2_text_shift"].direction) == (["tiny", "medium"], 1)
+    assert (exps["f2_text_shift"].contrast, exps["f2_text_shift"].direction) == (["mini", "small"], 1)
     assert exps["f2_small_to_code"].direction == -1 and exps["f2_large_to_text"].direction == 1
     assert (exps["f3_upweighted_wins"].contrast, exps["f3_upweighted_wins"].direction) == (["1x", "4x"], 1)
     assert exps["f4_minority"].contrast == ["0.001", "0.01"] and exps["f4_minority"].direction == 1
@@ -62,24 +62,24 @@ def test_evaluate_gives_each_outcome_with_the_expectation_beside_it():
     exps = load_expectations(RECIPE)
     e = exps["f2_text_shift"]
     ok = {"calibration/gap_top2": 0.03, "acc_before/min": 0.4, "design/param_ratio": 4.5}
-    res = evaluate("f2_text_shift", e, {"tiny": _groups(-0.2, 1), "medium": _groups(0.3, 2)}, ok)
+    res = evaluate("f2_text_shift", e, {"mini": _groups(-0.2, 1), "small": _groups(0.3, 2)}, ok)
     assert res.outcome.verdict == HOLDS and res.outcome.interval.estimate == pytest.approx(0.5, abs=0.05)
-    assert e.expectation in res.line() and "holds" in res.line() and "text_share_change(medium)" in res.line()
+    assert e.expectation in res.line() and "holds" in res.line() and "text_share_change(small)" in res.line()
     # the wrong direction: the smaller model moves to text
-    res = evaluate("f2_text_shift", e, {"tiny": _groups(0.3, 3), "medium": _groups(-0.2, 4)}, ok)
+    res = evaluate("f2_text_shift", e, {"mini": _groups(0.3, 3), "small": _groups(-0.2, 4)}, ok)
     assert res.outcome.verdict == NOT_HOLDS
-    res = evaluate("f2_text_shift", e, {"tiny": _groups(0.0, 5, 0.3), "medium": _groups(0.1, 6, 0.3)}, ok)
+    res = evaluate("f2_text_shift", e, {"mini": _groups(0.0, 5, 0.3), "small": _groups(0.1, 6, 0.3)}, ok)
     assert res.outcome.verdict == INCONCLUSIVE
     # formats 12 points apart before RL: not testable here, with the reason
-    res = evaluate("f2_text_shift", e, {"tiny": _groups(-0.2, 1), "medium": _groups(0.3, 2)},
+    res = evaluate("f2_text_shift", e, {"mini": _groups(-0.2, 1), "small": _groups(0.3, 2)},
                    {**ok, "calibration/gap_top2": 0.12})
     assert res.outcome.verdict == NOT_TESTABLE and "within 5 points" in res.outcome.reason
     assert "0.12" in res.outcome.reason and res.outcome.interval is None
     # a precondition quantity never measured, and a level with too few runs
-    res = evaluate("f2_text_shift", e, {"tiny": _groups(-0.2, 1), "medium": _groups(0.3, 2)}, {})
+    res = evaluate("f2_text_shift", e, {"mini": _groups(-0.2, 1), "small": _groups(0.3, 2)}, {})
     assert res.outcome.verdict == NOT_TESTABLE and "was not measured" in res.outcome.reason
-    res = evaluate("f2_text_shift", e, {"tiny": [[0.1]], "medium": _groups(0.3, 2)}, ok)
-    assert res.outcome.verdict == NOT_TESTABLE and "level tiny: 1 run(s)" in res.outcome.reason
+    res = evaluate("f2_text_shift", e, {"mini": [[0.1]], "small": _groups(0.3, 2)}, ok)
+    assert res.outcome.verdict == NOT_TESTABLE and "level mini: 1 run(s)" in res.outcome.reason
 
 
 def test_pooled_and_single_level_means_and_a_null_other_than_zero():
