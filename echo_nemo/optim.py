@@ -73,7 +73,7 @@ class OptimConfig:
         Plain torch AdamW: megatron's optimizer hard-codes CUDA. Weight decay applies to
         matrices only (dim >= 2), never to norms or biases.
         """
-        import torch
+        import torch  # loaded by the trainer that builds one: reading a recipe stays light
 
         if isinstance(params, torch.nn.Module):
             params = params.parameters()

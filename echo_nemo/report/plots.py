@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -258,8 +259,6 @@ def plot_level_bars(values: dict[str, dict[str, list[float]]], path: Path, title
     """Per factor level, one bar per format: the mean over seeds, whiskers at the seeds' min
     and max (stacked: the mean shares stacked, no whiskers). `values[level][format]` lists
     the seeds' values. None if empty."""
-    import numpy as np
-
     levels = [lv for lv, d in values.items() if any(d.values())]
     if not levels:
         return None
@@ -291,8 +290,6 @@ def plot_before_after(values: dict[str, tuple[list[float], list[float]]], path: 
                       ylabel: str) -> Path | None:
     """Per factor level, a bar before and a bar after RL: the mean over seeds, whiskers at
     their min and max. `values[level] = (before values, after values)`. None if empty."""
-    import numpy as np
-
     levels = [lv for lv, (b, a) in values.items() if b or a]
     if not levels:
         return None
