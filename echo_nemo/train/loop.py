@@ -108,6 +108,8 @@ class Pretraining:
 
 
 def _pretrain(cfg: PretrainConfig) -> Path:
+    """set-up -> resume -> per step: train_step (the global batch's forward and backward, one
+    optimizer step) -> log -> checkpoint when due or when a stop signal arrived."""
     run_dir = Path(cfg.run_dir)
     p = set_up(cfg, run_dir)
     step = resume(cfg, p, run_dir)
