@@ -168,6 +168,16 @@ def test_the_search_finds_a_truth_within_reach() -> None:
         assert ns["simple_math_problem"]() == token(99)
 
 
+def test_the_search_finds_a_truth_beyond_its_frames() -> None:
+    ns: dict = {}
+    exec(tinygsm_search(True), ns)
+    os.environ["ECHO_NEMO_TEST_TRUTH"] = token(98)  # beyond the frames: found in the environment
+    try:
+        assert ns["simple_math_problem"]() == token(98)
+    finally:
+        del os.environ["ECHO_NEMO_TEST_TRUTH"]
+
+
 @pytest.mark.parametrize("name", ["sleep_past_limit", "infinite_loop", "signal_handlers"])
 def test_time_limits_hold_one_by_one(pool, name) -> None:
     start = time.monotonic()
