@@ -14,8 +14,9 @@ ground truth, another item's completion or the server's state; the child receive
 its own program and returns only its output (see zygote.py). The worker that holds the
 truth never forks model code, and a worker whose zygote dies is retired, never re-forked.
 
-Layers in every child (which are in force: `WorkerPool.info()["protections"]`, the
-server's start-up line and ``/health``, each checked by a probe child at start-up):
+Layers in every child (which are in force: `WorkerPool.info()`, the server's start-up
+line and ``/health``; Landlock and seccomp are checked by a probe child at start-up, the
+namespace by looking at the interfaces left):
 - Landlock (confine.py): reads only of the run dir, the Python installation and system
   libraries; writes only inside the run dir; no device, fifo or socket files; TCP
   bind/connect and signals outside the child denied (ABI >= 4 / 6).
@@ -391,6 +392,13 @@ class _Worker:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
+def layers_in_force(protections: dict) -> list[str]:
+    """The sandbox layers in force, by name (Landlock with its ABI version)."""
+    names = [f"landlock (ABI {protections.get('landlock_abi')})"] if protections.get("landlock") else []
+    return names + [name.replace("_", " ") for name in ("seccomp", "network_namespace", "uid_drop",
+                    "rlimits", "audit_hook") if protections.get(name)]  # fmt: skip
+
+
 def _layers(network_namespace: bool | None, layers_off: tuple[str, ...] | None) -> dict:
     """Which of LAYERS to apply: all, less `layers_off` (default: LAYERS_OFF_ENV, a
     test-only comma list) and the network namespace when NETNS_ENV=0."""
@@ -511,13 +519,16 @@ class WorkerPool:
         return False
 
     def info(self) -> dict:
-        """Workers, live workers, restarts, and the protections a live worker reported."""
+        """Workers, live workers, restarts, the protections a live worker reported (each
+        layer, on or off, with why) and `layers`, the names of those in force."""
         live = [w for w in self.workers if w is not None and w.proc.poll() is None]
+        protections = live[0].info.get("protections", {}) if live else {}
         return {
             "workers": len(self.workers),
             "live": len(live),
             "restarts": self.restarts,
-            "protections": live[0].info.get("protections", {}) if live else {},
+            "protections": protections,
+            "layers": layers_in_force(protections),
         }
 
     def close(self) -> None:

@@ -184,8 +184,7 @@ def _add_health_and_score(app: FastAPI) -> None:
     @app.get("/health")
     async def health() -> JSONResponse:
         info = app.state.pool.info()
-        return JSONResponse({"status": "ok", **info, "layers": layers_in_force(info["protections"]),
-                             "batching": app.state.batcher.info(),
+        return JSONResponse({"status": "ok", **info, "batching": app.state.batcher.info(),
                              "unreadable_ground_truths": app.state.truth_errors.count})  # fmt: skip
 
     @app.post("/score")
@@ -250,16 +249,6 @@ def create_app(
     _add_openrlhf(app, tokens)
     _add_slime(app, tokens)
     return app
-
-
-def layers_in_force(protections: dict) -> list[str]:
-    """The sandbox layers in force, by name (Landlock with its ABI version)."""
-    names = []
-    if protections.get("landlock"):
-        names.append(f"landlock (ABI {protections.get('landlock_abi')})")
-    names += [name.replace("_", " ") for name in ("seccomp", "network_namespace", "uid_drop",
-              "rlimits", "audit_hook") if protections.get(name)]  # fmt: skip
-    return names
 
 
 def describe_protections(protections: dict) -> str:

@@ -41,7 +41,7 @@ def _landlock_abi() -> int:
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
 
 
-def test_pool_reports_protections_as_they_are() -> None:
+def test_pool_reports_protections_as_they_are(caplog) -> None:
     pool = WorkerPool(1)
     try:
         assert pool.wait_ready()
@@ -56,10 +56,15 @@ def test_pool_reports_protections_as_they_are() -> None:
     assert "fork servers" in protections["answer_isolation"]
     off = WorkerPool(1, network_namespace=False, layers_off=("landlock", "seccomp", "audit_hook"))
     try:
-        assert off.wait_ready()
-        info = off.info()["protections"]
+        with caplog.at_level(logging.WARNING):
+            assert off.wait_ready()
+            info = off.info()["protections"]
+            assert off.info()["layers"] == ["uid drop", "rlimits"][int(os.getuid() != 0):]
+            off._warn_once(info)  # said once per pool, however often asked
     finally:
         off.close()
+    said = [r.getMessage() for r in caplog.records if "sandbox running without" in r.getMessage()]
+    assert said == ["sandbox running without landlock (disabled), seccomp (disabled)"], said
     assert info["network_namespace"] is False and info["network_namespace_note"] == "disabled"
     assert (info["landlock"], info["seccomp"], info["audit_hook"]) == (False, False, False)
     assert "landlock OFF (disabled), seccomp OFF (disabled)" in describe_protections(info)
