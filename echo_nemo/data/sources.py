@@ -350,7 +350,12 @@ def _echolab_documents(name: str, cfg: EchoLabConfig) -> Iterator[str]:
         for _ in range(cfg.num_background):
             yield echolab.background_document(rng, cfg.max_number)
         return
+    from echo_nemo.data import echolab_fair
+
     fmt = ECHO_FORMATS[name]
+    if echolab_fair.active(cfg):  # the opt-in fair knobs; without them, today's corpus below
+        yield from echolab_fair.documents(fmt, cfg)
+        return
     noise = random.Random(f"echolab-misquote/{cfg.seed}")
     # All format sources render the same problem stream, so formats differ only in solution.
     for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,
