@@ -4,10 +4,11 @@ An `Expectation` names one per-run quantity (e.g. the RL-caused change of the te
 after minus before), which levels of the finding it compares, the direction the paper's
 claim predicts, the null value (`null_value`), the paper's effect size or a minimal
 effect of interest, and the preconditions without which the comparison means nothing
-(e.g. the formats' accuracies within 5 points before RL). `evaluate` turns per-run measurements into the
-verdict of `stats.verdict` with its interval, and keeps the expectation's text beside it
-so the report prints what was expected next to what was found (`evaluate_all` and
-`table`: one row per expectation; `group_runs` groups per-run values by pretraining seed).
+(e.g. the formats' accuracies within 5 points before RL). `evaluate` turns per-run
+measurements into the verdict of `stats.verdict` with its interval, and keeps the
+expectation's text beside it so the report prints what was expected next to what was
+found (`evaluate_all` and `table`: one row per expectation; `group_runs` groups per-run
+values by pretraining seed).
 
 The quantity compared, by `contrast`:
 
