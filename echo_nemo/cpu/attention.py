@@ -7,7 +7,7 @@ Installed as `causal_attention` for CPU tensors by echo_nemo.cpu.apply (echo_nem
 
 Why a kernel of our own: torch's CPU flash attention runs the study's head sizes at
 ~50 GFLOP/s on this project's 2-core machines, a fifth of their matmul peak, and at the
-tiny shape a fifth of a training step went there (forward 5.5 ms, backward 12.9 ms a
+tiny shape a fifth of a training step goes there (forward 5.5 ms, backward 12.9 ms a
 layer; benchmarks/bench_attention.py times both). The kernel's results equal SDPA's to
 float rounding (tested against a float64 reference, with gradients), and do not depend
 on the thread count.

@@ -9,8 +9,8 @@ torch here, so the CLI can check $ECHO_NEMO_CPU_KERNELS before any command start
 `build()` is the one way they are built: the sources ship as package data of
 `echo_nemo.cpu` (pyproject.toml) and are compiled at first use with the C compiler ($CC,
 default cc) into one library under $ECHO_NEMO_CACHE (default ~/.cache/echo-nemo)/kernels,
-named by a hash of the sources,
-compiler and flags: a changed source or compiler builds anew, and concurrent builders
+named by a hash of the sources, compiler and flags: a changed source or compiler builds
+anew, and concurrent builders
 (TP ranks, runs side by side) each move a whole file into place. Their OpenMP is the
 runtime torch loaded, so they run on torch's thread pool. Where the library cannot be
 built or loaded (no compiler, not x86-64 Linux with AVX2 and FMA, a second OpenMP

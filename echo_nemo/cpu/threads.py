@@ -8,7 +8,7 @@ local run's share to the file named by $ECHO_NEMO_THREADS_FILE whenever the runs
 side change; `echo_nemo.cpu.apply` then hooks `follow_share()` into `echo_nemo.speed`'s
 `between_steps()`, which the pretraining and RL loops call at every step and phase:
 torch's thread count follows the file. The price: torch's float results depend on
-the thread count (a tiny pretraining on 1 thread first differed from 2 threads in the
+the thread count (a tiny pretraining on 1 thread differs from 2 threads in the
 7th digit of a gradient norm at step 40), so a run's numbers then depend on when its
 neighbours finish. Off by default; a run without the variable never reads anything.
 """

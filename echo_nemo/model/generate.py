@@ -69,7 +69,7 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 
     i = the first index with cdf[i] > u * cdf[-1], u ~ U[0, 1): entries of probability 0
     are never drawn. One uniform number per row instead of `torch.multinomial`'s one
-    exponential per vocabulary entry, whose CPU generator was ~12% of decode time.
+    exponential per vocabulary entry, whose CPU generator costs ~12% of decode time.
     """
     cdf = probs.double().cumsum(-1)  # float64: u * total never rounds up to the total
     u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
