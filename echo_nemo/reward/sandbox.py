@@ -74,6 +74,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import asdict
 
+from echo_nemo import env
+from echo_nemo.errors import UserError
 from echo_nemo.reward import confine
 from echo_nemo.reward.zygote import (
     BLOCKED_IMPORTS,
@@ -90,9 +92,9 @@ __all__ = ["Limits", "WorkerPool", "execute", "register_pool", "LAYERS", "LAYERS
 log = logging.getLogger(__name__)
 CLONE_NEWNET = 0x40000000
 # ECHO_NEMO_SANDBOX_NETNS=0 skips the network namespace (e.g. to test the fallback).
-NETNS_ENV = "ECHO_NEMO_SANDBOX_NETNS"
+NETNS_ENV = env.SANDBOX_NETNS.name
 # Test-only: a comma list of layers to leave off, to prove the others hold alone.
-LAYERS_OFF_ENV = "ECHO_NEMO_SANDBOX_LAYERS_OFF"
+LAYERS_OFF_ENV = env.SANDBOX_LAYERS_OFF.name
 LAYERS = ("landlock", "seccomp", "network_namespace", "audit_hook")
 # The layers `reward serve --strict` requires: the filesystem and syscall fences.
 REQUIRED_BY_STRICT = ("landlock", "seccomp")
@@ -403,13 +405,13 @@ def _layers(network_namespace: bool | None, layers_off: tuple[str, ...] | None) 
     """Which of LAYERS to apply: all, less `layers_off` (default: LAYERS_OFF_ENV, a
     test-only comma list) and the network namespace when NETNS_ENV=0."""
     if layers_off is None:
-        layers_off = tuple(x.strip() for x in os.environ.get(LAYERS_OFF_ENV, "").split(",") if x.strip())
+        layers_off = env.sandbox_layers_off()
     unknown = set(layers_off) - set(LAYERS)
     if unknown:
-        raise ValueError(f"unknown sandbox layers {sorted(unknown)}; expected some of {LAYERS}")
+        raise UserError(f"unknown sandbox layers {sorted(unknown)} (${LAYERS_OFF_ENV}); expected some of {LAYERS}")
     layers = {name: name not in layers_off for name in LAYERS}
     if network_namespace is None:
-        network_namespace = os.environ.get(NETNS_ENV, "1") != "0"
+        network_namespace = env.sandbox_netns()
     layers["network_namespace"] = layers["network_namespace"] and network_namespace
     return layers
 
