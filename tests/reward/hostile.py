@@ -4,7 +4,8 @@ Each body goes inside ``def simple_math_problem():`` and returns 42 (the ground 
 with them) only if its attack succeeded, so an attack that gets through is rewarded and
 fails the test. Placeholders filled in by `hostile_completion`: PORT (a listening loopback
 port), OUT (a world-writable directory outside the run dir: nothing may appear in it),
-SECRET (a world-readable file in OUT), PROJECT (a file of this project).
+SECRET (a world-readable file in OUT), PROJECT (a file of this project), HOMEDIR (the
+home directory of the user running the tests).
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ READS: dict[str, str] = {
     """,
     "read_secret": """
         return 42 if open("SECRET").read() else 0
+    """,
+    "read_home": """
+        import os
+        return 42 if os.listdir("HOMEDIR") is not None else 0
     """,
     "read_etc_passwd": """
         return 42 if "root" in open("/etc/passwd").read() else 0
@@ -298,10 +303,11 @@ HOSTILE: dict[str, str] = {**WRITES, **READS, **SOCKETS, **PROCESSES, **FENCE, *
 
 def hostile_completion(
     name: str, port: int = 9, out: str = "/nonexistent", secret: str = "/nonexistent",
-    project: str = "/nonexistent",
+    project: str = "/nonexistent", home: str = "/nonexistent",
 ) -> str:  # fmt: skip
     """The TinyGSM-format completion that carries attack `name`."""
     body = textwrap.dedent(HOSTILE[name])
-    for key, value in (("PORT", str(port)), ("OUT", out), ("SECRET", secret), ("PROJECT", project)):
+    for key, value in (("PORT", str(port)), ("OUT", out), ("SECRET", secret), ("PROJECT", project),
+                       ("HOMEDIR", home)):  # fmt: skip
         body = body.replace(key, value)
     return "def simple_math_problem() -> int:\n" + textwrap.indent(body.strip("\n"), "    ") + "\n"

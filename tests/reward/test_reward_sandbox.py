@@ -37,7 +37,7 @@ BUDGET_S = LIMITS.wall_s + 20
 PROJECT_FILE = str(Path(__file__).resolve().parents[2] / "pyproject.toml")
 # Where the audit hook, when on, answers first (the OS layers hold behind it).
 HOOK_FIRST = ("write_open", "write_symlink_escape", "write_rename_out", "read_project",
-              "read_secret", "read_etc_passwd", "read_parent_proc", "list_root", "socket_tcp",
+              "read_secret", "read_home", "read_etc_passwd", "read_parent_proc", "list_root", "socket_tcp",
               "socket_raw_module", "fork", "posix_spawn", "forkpty", "os_system", "subprocess",
               "ctypes", "kill_parent", "kill_process_group")  # fmt: skip
 OK = "def simple_math_problem():\n    return 6 * 7\n"
@@ -113,7 +113,7 @@ def test_no_attack_escapes_or_is_rewarded(attack_pool, outside, listener) -> Non
     out, secret = outside
     port, connections = listener
     names = list(HOSTILE)
-    completions = [hostile_completion(n, port, out, secret, PROJECT_FILE) for n in names]
+    completions = [hostile_completion(n, port, out, secret, PROJECT_FILE, str(Path.home())) for n in names]
     start = time.monotonic()
     scores = score(completions + [OK], ["42"] * (len(names) + 1), pool=pool)
     elapsed = time.monotonic() - start
