@@ -38,6 +38,7 @@ class EchoLabConfig:
     text_style: str = "inline"  # inline | steps
     tinygsm_wrong: float = 0.0
     llm_code_wrong: float = 0.0
+    wrong_by: str = "document"  # document (random, per program) | template (systematic, per problem type)
 
     def validate(self, where: str = "echolab") -> None:
         if not 1 <= self.min_steps <= self.max_steps <= 5:
@@ -51,6 +52,8 @@ class EchoLabConfig:
             raise UserError(f"{where}.tinygsm_misquote must be a share in [0, 1], got {self.tinygsm_misquote}")
         if self.text_style not in ("inline", "steps"):
             raise UserError(f"{where}.text_style must be inline or steps, got {self.text_style!r}")
+        if self.wrong_by not in ("document", "template"):
+            raise UserError(f"{where}.wrong_by must be document or template, got {self.wrong_by!r}")
         for knob in ("tinygsm_wrong", "llm_code_wrong"):
             if not 0.0 <= getattr(self, knob) <= 1.0:
                 raise UserError(f"{where}.{knob} must be a share in [0, 1], got {getattr(self, knob)}")

@@ -23,7 +23,13 @@ today's, byte for byte (this module is not called):
 - ``tinygsm_wrong`` / ``llm_code_wrong``: that share of the format's programs carries one
   wrong operation (one operator of one step swapped, e.g. ``-`` for ``+``), as TinyGSM's
   solutions were never checked against an answer. The document stays self-consistent: an
-  ``llm_code`` solution shows the wrong program's true output and boxes it.
+  ``llm_code`` solution shows the wrong program's true output and boxes it. With
+  ``wrong_by: document`` each program is wrong with that probability, by a random swap:
+  noise a model learns to reproduce only when it samples (its greedy choice stays the
+  majority's, correct operation). With ``wrong_by: template`` the share is of problem types
+  (templates, drawn once per format and seed), and every program of those types is wrong
+  the same way (the first swap, in step order, that changes the answer): a systematic
+  error that greedy decoding reproduces too.
 
 The decisions of both knobs draw from their own random streams, so turning one on leaves
 the other formats' documents (and the problem stream) as they are.
@@ -32,12 +38,13 @@ the other formats' documents (and the problem stream) as they are.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import random
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from echo_nemo.data import echolab
+from echo_nemo.data import echolab, echolab_templates  # noqa: F401  (importing it registers the TEMPLATES)
 from echo_nemo.data.echolab import EchoProblem, python_repr, render_llm_code, render_tinygsm
 
 if TYPE_CHECKING:
@@ -185,24 +192,24 @@ def _swap(p: EchoProblem, i: int, k: int, new: str) -> EchoProblem:
     tree = ast.parse(step.expr.code, mode="eval")
     node = [n for n in ast.walk(tree) if isinstance(n, ast.BinOp)][k]
     node.op = {v: t for t, v in _OPS.items()}[new]()
-    e = step.expr
     steps = list(p.solution.steps)
-    steps[i] = echolab.Step(step.name, echolab.Q(e.value, ast.unparse(tree), e.math, e.prec, e.is_float),
-                            step.text, step.unit)
-    return EchoProblem(p.template, p.question, echolab.Solution(list(p.solution.givens), steps), p.answer,
-                       p.conclusion)
+    steps[i] = dataclasses.replace(step, expr=dataclasses.replace(step.expr, code=ast.unparse(tree)))
+    return dataclasses.replace(p, solution=dataclasses.replace(p.solution, givens=list(p.solution.givens),
+                                                               steps=steps))
 
 
-def wrong_program(p: EchoProblem, rng: random.Random) -> EchoProblem | None:
+def wrong_program(p: EchoProblem, rng: random.Random | None) -> EchoProblem | None:
     """A copy of `p` whose program has one operator of one step swapped (a random one of
-    those that give a different answer Python prints plainly), its answer the wrong
-    program's value; None if no swap gives one (the caller keeps `p`)."""
+    those that give a different answer Python prints plainly; without `rng` the first in
+    step order), its answer the wrong program's value; None if no swap gives one (the
+    caller keeps `p`)."""
     truth = _run_lines(_program_lines(p))[0]
     options = []
     for i, s in enumerate(p.solution.steps):
         ops = [n for n in ast.walk(ast.parse(s.expr.code, mode="eval")) if isinstance(n, ast.BinOp)]
         options += [(i, k, new) for k, n in enumerate(ops) for new in _SWAPS[_OPS[type(n.op)]]]
-    rng.shuffle(options)
+    if rng is not None:
+        rng.shuffle(options)
     for i, k, new in options:
         q = _swap(p, i, k, new)
         try:
@@ -211,8 +218,7 @@ def wrong_program(p: EchoProblem, rng: random.Random) -> EchoProblem | None:
             continue
         shown = python_repr(value, is_float) if value.denominator == 1 else repr(float(value))
         if value != truth and len(shown) <= 12 and Fraction(shown) == value:
-            q.answer = echolab.Q(value, p.answer.code, p.answer.math, p.answer.prec, is_float)
-            return q
+            return dataclasses.replace(q, answer=dataclasses.replace(p.answer, value=value, is_float=is_float))
     return None
 
 
@@ -226,17 +232,29 @@ def render_wrong_llm_code(q: EchoProblem) -> str:
 
 
 # ----------------------------------------------------------------------------- documents
+def wrong_templates(cfg: EchoLabConfig, fmt: str, rate: float) -> set[str]:
+    """`wrong_by: template`: round(rate x number of templates) problem types, drawn once for
+    the format and seed, whose programs are all wrong."""
+    names = sorted(echolab.TEMPLATES)
+    return set(random.Random(f"echolab-wrong-templates/{cfg.seed}/{fmt}").sample(names, round(rate * len(names))))
+
+
 def documents(fmt: str, cfg: EchoLabConfig) -> Iterator[str]:
     """The documents of one echo-lab format source under the fair knobs: the default
     corpus's problem stream and tinygsm misquotes, text rendered by `cfg.text_style`, and
-    `cfg.<fmt>_wrong` of the code programs with one wrong operation."""
+    `cfg.<fmt>_wrong` of the code programs (or of the problem types, `cfg.wrong_by`) with
+    one wrong operation."""
     noise = random.Random(f"echolab-misquote/{cfg.seed}")  # the default corpus's misquote stream
     wrong = random.Random(f"echolab-wrong/{cfg.seed}/{fmt}")
     rate = {"tinygsm": cfg.tinygsm_wrong, "llm_code": cfg.llm_code_wrong}.get(fmt, 0.0)
+    by_template = wrong_templates(cfg, fmt, rate) if cfg.wrong_by == "template" and rate > 0 else None
     for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,
                               max_steps=cfg.max_steps, max_number=cfg.max_number):
         misquote = fmt == "tinygsm" and noise.random() < cfg.tinygsm_misquote
-        q = wrong_program(p, wrong) if rate > 0 and wrong.random() < rate else None
+        if by_template is not None:
+            q = wrong_program(p, None) if p.template in by_template else None
+        else:
+            q = wrong_program(p, wrong) if rate > 0 and wrong.random() < rate else None
         if fmt == "text":
             body = render_text_steps(p) if cfg.text_style == "steps" else p.render("text")
         elif fmt == "tinygsm":

@@ -26,7 +26,7 @@ from echo_nemo.rl.experience import Experience, build_experience, micro_batches,
 from echo_nemo.rl.losses import masked_mean
 from echo_nemo.rl.rollout import Batch
 from echo_nemo.rl.state import RLRun
-from echo_nemo.threads import follow_share
+from echo_nemo.speed import between_steps
 
 
 def filter_and_dedupe(question_ids: list[str], completions: list[str], rewards: list[float]) -> tuple[list[int], int]:
@@ -82,7 +82,7 @@ class ExpertIteration(Algorithm):
         for start in tqdm(range(0, len(questions), chunk), desc=f"ei round {rnd} sampling", leave=False,
                           disable=not D.is_main()):
             qs = questions[start : start + chunk]
-            follow_share()  # a round is one long phase
+            between_steps()  # a round is one long phase
             parts.append(run.sampler.generate(qs, rnd * 1_000_003 + start, samples=cfg.ei.samples_per_question,
                                               sampling=cfg.ei.sampling))
         return Batch(questions, _concat(parts), cfg.ei.samples_per_question)
@@ -124,7 +124,7 @@ def sft(run: RLRun, exp: Experience) -> dict[str, float]:
     for _epoch in range(cfg.ei.sft_epochs):
         order = torch.randperm(len(exp), generator=gen).to(run.device)
         for b in range(0, len(exp), bs):
-            follow_share()
+            between_steps()
             idx = order[b : b + bs]
             total = exp.mask[idx].sum().clamp(min=1)
             batch_loss = 0.0

@@ -28,7 +28,7 @@ from echo_nemo.rl.evaluation import HeldOutEval
 from echo_nemo.rl.models import TrainState
 from echo_nemo.rl.rollout import Sampler
 from echo_nemo.rl.scoring import Scorer
-from echo_nemo.threads import follow_share
+from echo_nemo.speed import between_steps
 
 
 class PhaseTimer:
@@ -43,7 +43,7 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        follow_share()  # a study may re-divide the cores between its runs
+        between_steps()  # a study may re-divide the cores between its runs
         t0 = time.perf_counter()
         try:
             yield

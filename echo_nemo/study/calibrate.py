@@ -9,6 +9,9 @@ scored is opening + continuation (reward.score: the same reward RL uses):
     acc(f)       = mean over problems of reward(opening_f + greedy continuation)
     in_format(f) = share of those completions that parse as format f (reward.formats)
     gap_top2     = acc(first) - acc(second), the two most accurate formats
+    sampled(f)   = with samples = n > 0: mean reward of n continuations per problem at
+                   `temperature` (what RL's rollouts see; noise in a corpus that greedy
+                   decoding averages away shows here)
 
 The report (`Calibration.table`) lists every format's forced accuracy; `context()` gives
 the `calibration/*` quantities that pre-registered preconditions name (e.g.
@@ -31,8 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from echo_nemo.config import load_recipe
 from echo_nemo.data.echolab_fair import TEXT_OPENING
+from echo_nemo.data.sources import BENCHMARKS, load_problems
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
+from echo_nemo.reward import score
+from echo_nemo.reward.formats import FORMATS
 
 # Each ends before the newline its documents continue with: the model writes it, so that
 # the token at the seam is the one pretraining saw (a BPE merges a newline with the indent).
@@ -50,12 +57,12 @@ class CalibrateConfig:
     max_new_tokens: int = 256
     max_prompt_tokens: int | None = None
     batch_size: int = 64
+    samples: int = 0  # > 0: also that many sampled continuations per problem (sampled accuracy)
+    temperature: float = 0.7
+    seed: int = 0
     openings: dict[str, str] = field(default_factory=lambda: dict(OPENINGS))  # format -> forced opening
 
     def validate(self) -> None:
-        from echo_nemo.data.sources import BENCHMARKS
-        from echo_nemo.reward.formats import FORMATS
-
         if self.benchmark not in BENCHMARKS:
             raise UserError(f"calibrate: benchmark {self.benchmark!r} is not one of {', '.join(BENCHMARKS)}")
         bad = [f for f in self.openings if f not in FORMATS[:-1]]
@@ -64,6 +71,8 @@ class CalibrateConfig:
                             f"{list(self.openings)}")
         if (self.limit is not None and self.limit < 1) or self.max_new_tokens < 1 or self.batch_size < 1:
             raise UserError("calibrate: limit, max_new_tokens and batch_size must be >= 1")
+        if self.samples < 0 or (self.samples > 0 and self.temperature <= 0):
+            raise UserError("calibrate: samples must be >= 0 and temperature > 0")
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class FormatRow:
     problems: int
     accuracy: float  # mean reward of opening + greedy continuation
     in_format: float  # share of those completions that parse as this format
+    sampled_accuracy: float | None = None  # mean reward of the sampled continuations
 
 
 @dataclass(frozen=True)
@@ -97,14 +107,18 @@ class Calibration:
         for f, r in self.rows.items():
             out[f"calibration/acc/{f}"] = r.accuracy
             out[f"calibration/in_format/{f}"] = r.in_format
+            if r.sampled_accuracy is not None:
+                out[f"calibration/sampled_acc/{f}"] = r.sampled_accuracy
         return out
 
     def table(self) -> str:
         """Markdown: every format's forced greedy accuracy, then the gap of the top two."""
-        lines = ["| format | forced opening | problems | greedy accuracy | in format |", "|---|---|---|---|---|"]
+        lines = ["| format | forced opening | problems | greedy accuracy | in format | sampled accuracy |",
+                 "|---|---|---|---|---|---|"]
         for r in self.ranked():
             opening = r.opening.replace("\n", "\\n").replace("|", "\\|")
-            lines.append(f"| {r.format} | `{opening}` | {r.problems} | {r.accuracy:.3f} | {r.in_format:.2f} |")
+            sampled = "-" if r.sampled_accuracy is None else f"{r.sampled_accuracy:.3f}"
+            lines.append(f"| {r.format} | `{opening}` | {r.problems} | {r.accuracy:.3f} | {r.in_format:.2f} | {sampled} |")
         top = self.ranked()[:2]
         lines.append("")
         lines.append(f"gap of the two most accurate formats ({' - '.join(r.format for r in top)}): "
@@ -112,34 +126,44 @@ class Calibration:
         return "\n".join(lines)
 
 
-def score_forced(completions: dict[str, list[str]], truths: list[str],
-                 openings: dict[str, str]) -> tuple[Calibration, list[dict[str, Any]]]:
-    """(calibration, per-sample records) from each format's full completions (opening
-    included), scored by the RL reward (reward.score)."""
-    from echo_nemo.reward import score
-
+def score_forced(completions: dict[str, list[str]], truths: list[str], openings: dict[str, str],
+                 sampled: dict[str, list[str]] | None = None) -> tuple[Calibration, list[dict[str, Any]]]:
+    """(calibration, per-sample records) from each format's full greedy completions (opening
+    included) and, optionally, its sampled ones (n per problem, problem i's at [i*n, (i+1)*n)),
+    scored by the RL reward (reward.score)."""
     rows, records = {}, []
     for fmt, comps in completions.items():
         scores = score(comps, truths)
         n = len(comps)
+        extra = (sampled or {}).get(fmt)
+        sampled_acc = None
+        if extra:
+            per = len(extra) // len(truths)
+            s_scores = score(extra, [t for t in truths for _ in range(per)])
+            sampled_acc = sum(s.reward for s in s_scores) / len(s_scores)
+            records += [{"forced": fmt, "mode": "sample", "completion": c, **s.to_dict()}
+                        for c, s in zip(extra, s_scores)]
         rows[fmt] = FormatRow(fmt, openings[fmt], n, sum(s.reward for s in scores) / n,
-                              sum(s.format == fmt for s in scores) / n)
-        records += [{"forced": fmt, "completion": c, **s.to_dict()} for c, s in zip(comps, scores)]
+                              sum(s.format == fmt for s in scores) / n, sampled_acc)
+        records += [{"forced": fmt, "mode": "greedy", "completion": c, **s.to_dict()} for c, s in zip(comps, scores)]
     return Calibration(rows), records
 
 
-def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig) -> dict[str, list[str]]:
-    """Each format's completions: opening + the greedy continuation of prompt + opening."""
-    from echo_nemo.model.generate import generate
+def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig,
+                    samples: int = 0) -> dict[str, list[str]]:
+    """Each format's completions: opening + the continuation of prompt + opening; greedy
+    (samples = 0), else `samples` draws per problem at cfg.temperature, problem-major."""
+    from echo_nemo.model.generate import generate  # torch: imported when a model is in hand
 
     out: dict[str, list[str]] = {}
     for fmt, opening in cfg.openings.items():
-        forced = [p + opening for p in prompts]
+        forced = [p + opening for p in prompts for _ in range(max(1, samples))]
         comps: list[str] = []
         for start in range(0, len(forced), cfg.batch_size):
             chunk = forced[start : start + cfg.batch_size]
-            roll = generate(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, greedy=True,
-                            batch_size=len(chunk), max_prompt_tokens=cfg.max_prompt_tokens)
+            kw = dict(temperature=cfg.temperature, seed=cfg.seed + start) if samples else dict(greedy=True)
+            roll = generate(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, batch_size=len(chunk),
+                            max_prompt_tokens=cfg.max_prompt_tokens, **kw)
             comps += [opening + c for c in roll.completions]
         out[fmt] = comps
     return out
@@ -147,15 +171,17 @@ def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig) 
 
 def calibrate_model(model, tokenizer, problems: list, cfg: CalibrateConfig) -> tuple[Calibration, list[dict[str, Any]]]:
     """The calibration of a model in memory on `problems` (objects with .prompt and .answer)."""
-    comps = generate_forced(model, tokenizer, [p.prompt for p in problems], cfg)
-    return score_forced(comps, [p.answer for p in problems], cfg.openings)
+    prompts = [p.prompt for p in problems]
+    comps = generate_forced(model, tokenizer, prompts, cfg)
+    sampled = generate_forced(model, tokenizer, prompts, cfg, cfg.samples) if cfg.samples else None
+    return score_forced(comps, [p.answer for p in problems], cfg.openings, sampled)
 
 
 def run_calibration(checkpoint: str, cfg: CalibrateConfig, out: str | os.PathLike | None = None) -> Calibration:
     """Load the checkpoint, calibrate it on the benchmark, write calibration.json / .md and
     samples.jsonl into `out` (default: <checkpoint>/calibration)."""
+    # torch and megatron: imported when a checkpoint is loaded
     from echo_nemo.checkpoint import load_model_for_inference, resolve_checkpoint
-    from echo_nemo.data.sources import BENCHMARKS, load_problems
 
     cfg.validate()
     ckpt = resolve_checkpoint(checkpoint)
@@ -173,8 +199,6 @@ def run_calibration(checkpoint: str, cfg: CalibrateConfig, out: str | os.PathLik
 
 
 def main(argv: list[str] | None = None) -> int:
-    from echo_nemo.config import load_recipe
-
     p = argparse.ArgumentParser(prog="python -m echo_nemo.study.calibrate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a checkpoint dir or a run dir (its latest checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="k=v", help="CalibrateConfig overrides, e.g. limit=100")

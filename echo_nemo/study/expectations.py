@@ -3,10 +3,12 @@
 An `Expectation` names one per-run quantity (e.g. the RL-caused change of the text share,
 after minus before), which levels of the finding it compares, the direction the paper's
 claim predicts, the null value (`null_value`), the paper's effect size or a minimal
-effect of interest, and the preconditions without which the comparison means nothing (e.g. the formats'
-accuracies within 5 points before RL). `evaluate` turns per-run measurements into the
-verdict of `stats.verdict` with its interval, and keeps the expectation's text beside it
-so the report prints what was expected next to what was found.
+effect of interest, and the preconditions without which the comparison means nothing
+(e.g. the formats' accuracies within 5 points before RL). `evaluate` turns per-run
+measurements into the verdict of `stats.verdict` with its interval, and keeps the
+expectation's text beside it so the report prints what was expected next to what was
+found (`evaluate_all` and `table`: one row per expectation; `group_runs` groups per-run
+values by pretraining seed).
 
 The quantity compared, by `contrast`:
 
@@ -36,6 +38,7 @@ import operator
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from echo_nemo.config import load_recipe
 from echo_nemo.errors import UserError
@@ -176,3 +179,37 @@ def evaluate(name: str, e: Expectation, runs: Mapping[str, Groups], context: Map
         return Evaluated(name, e, verdict(None, direction=e.direction, failed=failed))
     iv = _interval(e, runs, seed, resamples)
     return Evaluated(name, e, verdict(iv, direction=e.direction, null=e.null_value, effect=e.effect))
+
+
+def group_runs(runs: Sequence[tuple[Any, float | None]]) -> list[list[float]]:
+    """(pretraining seed, value) per run -> values grouped by pretraining seed (stats.Groups),
+    in first-seen order; runs without a value (None: e.g. a run that never collapsed, for a
+    quantity it leaves undefined) are left out, and a seed left with no run is dropped."""
+    groups: dict[Any, list[float]] = {}
+    for seed, value in runs:
+        if value is not None:
+            groups.setdefault(seed, []).append(float(value))
+    return list(groups.values())
+
+
+def evaluate_all(expectations: Mapping[str, Expectation], values: Mapping[str, Mapping[str, Groups]],
+                 context: Mapping[str, float] | None = None, *, seed: int = 0,
+                 resamples: int = 2000) -> list[Evaluated]:
+    """Every expectation in order; `values[name]` is its level -> Groups (a missing name is
+    evaluated on no runs: not testable here)."""
+    return [evaluate(name, e, values.get(name, {}), context, seed=seed, resamples=resamples)
+            for name, e in expectations.items()]
+
+
+def table(evaluated: Sequence[Evaluated]) -> str:
+    """Markdown: per expectation the paper's claim, what was expected, the verdict, the
+    estimate with its interval, and why."""
+    lines = ["| finding | the paper's claim | expected (before the runs) | verdict | estimate [95% CI] | why |",
+             "|---|---|---|---|---|---|"]
+    for ev in evaluated:
+        e, o = ev.expectation, ev.outcome
+        iv = o.interval
+        found = f"{iv.estimate:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}], {iv.runs} runs" if iv else "-"
+        lines.append(f"| {e.finding} | {e.claim} | {e.expectation} ({e.compared()} {'>' if e.direction > 0 else '<'} "
+                     f"{e.null_value:g}) | {o.verdict} | {found} | {o.reason} |")
+    return "\n".join(lines)

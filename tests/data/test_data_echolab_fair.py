@@ -132,9 +132,34 @@ def test_wrong_program_rate_is_what_the_knob_says(fmt, source, knob):
                zip(problems, _docs(source, num_problems=n, seed=1), strict=True))  # rate 0: all right
 
 
+def test_wrong_by_template_makes_whole_problem_types_wrong_the_same_way():
+    from echo_nemo.data.echolab_fair import wrong_templates
+
+    n, rate = 300, 0.3
+    problems = list(echolab.generate(n, seed=2, split="train", min_steps=1, max_steps=3, max_number=20))
+    docs = _docs("echo_omi1", num_problems=n, seed=2, llm_code_wrong=rate, wrong_by="template")
+    chosen = wrong_templates(EchoLabConfig(seed=2), "llm_code", rate)
+    assert len(chosen) == round(rate * len(echolab.TEMPLATES))
+    assert chosen == wrong_templates(EchoLabConfig(seed=2), "llm_code", rate)  # drawn once per format and seed
+    changed: dict[str, list[int]] = {}
+    for p, doc in zip(problems, docs, strict=True):
+        solution = doc.partition("\n\n")[2]
+        wrong = _run_code(solution, "llm_code") != p.answer.value
+        assert wrong == (p.template in chosen), p.template
+        if wrong:  # which step of the program is changed
+            lines = [a for a, b in zip(solution.splitlines(), p.render("llm_code").splitlines()) if a != b]
+            names = [st.name for st in p.solution.steps]
+            changed.setdefault(p.template, []).append(names.index(lines[0].split(" = ")[0]))
+    # the same way every time: the first step whose swap changes the answer (nearly always the first)
+    every = [i for v in changed.values() for i in v]
+    assert len(changed) > 5 and every.count(0) >= 0.9 * len(every), changed
+    assert all(2 * v.count(0) > len(v) for v in changed.values()), changed
+
+
 @pytest.mark.parametrize("knob, value, needle", [("text_style", "prose", "text_style must be"),
                                                  ("tinygsm_wrong", 1.5, "tinygsm_wrong must be a share"),
-                                                 ("llm_code_wrong", -0.1, "llm_code_wrong must be a share")])
+                                                 ("llm_code_wrong", -0.1, "llm_code_wrong must be a share"),
+                                                 ("wrong_by", "batch", "wrong_by must be document or template")])
 def test_bad_knob_values_are_user_errors(knob, value, needle):
     with pytest.raises(UserError, match=needle):
         EchoLabConfig(**{knob: value}).validate()

@@ -34,15 +34,22 @@ def test_score_forced_reports_each_formats_accuracy_by_the_real_reward():
         "llm_code": [_solution(p, "llm_code") for p in probs],
         "text": [_solution(probs[i], "text") for i in range(3)] + [_solution(other[3], "text")],
     }
-    cal, records = score_forced(comps, truths, OPENINGS)
+    # two samples per problem for text: problem 0 right twice, 1 once, 2 and 3 never (3 of 8)
+    sampled = {"text": [_solution(probs[0], "text")] * 2 + [_solution(probs[1], "text"), _solution(other[1], "text")]
+               + [_solution(other[2], "text")] * 2 + [_solution(other[3], "text")] * 2}
+    cal, records = score_forced(comps, truths, OPENINGS, sampled)
     assert {f: r.accuracy for f, r in cal.rows.items()} == {"tinygsm": 0.5, "llm_code": 1.0, "text": 0.75}
+    assert cal.rows["text"].sampled_accuracy == 3 / 8 and cal.rows["llm_code"].sampled_accuracy is None
     assert cal.rows["tinygsm"].in_format == 0.75 and cal.rows["text"].in_format == 1.0
     assert cal.gap_top2 == pytest.approx(0.25) and [r.format for r in cal.ranked()] == ["llm_code", "text", "tinygsm"]
     table = cal.table()
     assert all(f"| {f} |" in table for f in OPENINGS) and "25.0 points" in table
-    assert len(records) == 12 and sum(r["reward"] for r in records) == 9
+    greedy = [r for r in records if r["mode"] == "greedy"]
+    assert len(greedy) == 12 and sum(r["reward"] for r in greedy) == 9 and len(records) == 20
     ctx = cal.context()
     assert ctx["calibration/acc_min"] == 0.5 and ctx["calibration/acc/text"] == 0.75
+    assert ctx["calibration/sampled_acc/text"] == 3 / 8 and "calibration/sampled_acc/tinygsm" not in ctx
+    assert "| 0.375 |" in table
     # a finding that needs the formats within 5 points is not testable on this base model
     e = Expectation(finding="f2", expectation="the larger model moves to text", quantity="text_share_change",
                     contrast=["tiny", "medium"], effect=0.2, preconditions=[GAP])
@@ -73,18 +80,20 @@ def pretrained(tmp_path_factory):
 def test_calibration_of_a_pretrained_debug_model(pretrained, tmp_path):
     out = tmp_path / "cal"
     r = subprocess.run([sys.executable, "-m", "echo_nemo.study.calibrate", str(pretrained), "limit=4",
-                        "max_new_tokens=16", "batch_size=4", "--out", str(out)],
+                        "max_new_tokens=16", "batch_size=4", "samples=2", "--out", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out / "calibration.json").read_text())
     assert set(rep["formats"]) == set(OPENINGS) and all(f"| {f} |" in r.stdout for f in OPENINGS)
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     for fmt, row in rep["formats"].items():
-        mine = [s for s in samples if s["forced"] == fmt]
-        assert len(mine) == row["problems"] == 4
-        assert all(s["completion"].startswith(OPENINGS[fmt]) for s in mine)  # forced by its opening
+        mine = [s for s in samples if s["forced"] == fmt and s["mode"] == "greedy"]
+        drawn = [s for s in samples if s["forced"] == fmt and s["mode"] == "sample"]
+        assert len(mine) == row["problems"] == 4 and len(drawn) == 8
+        assert all(s["completion"].startswith(OPENINGS[fmt]) for s in mine + drawn)  # forced by its opening
         assert row["accuracy"] == pytest.approx(sum(s["reward"] for s in mine) / 4)
         assert row["in_format"] == pytest.approx(sum(s["format"] == fmt for s in mine) / 4)
+        assert row["sampled_accuracy"] == pytest.approx(sum(s["reward"] for s in drawn) / 8)
     assert "| format | forced opening |" in (out / "calibration.md").read_text()
     # four pretraining steps learn no arithmetic: a finding with a 10% floor is not testable
     e = Expectation(finding="f5", expectation="hard accuracy rises", quantity="hard_acc_change", preconditions=[FLOOR])

@@ -92,3 +92,20 @@ def test_pooled_and_single_level_means_and_a_null_other_than_zero():
     single = Expectation(finding="f6", expectation="e", quantity="q", contrast=["grpo"], null_value=0.9)
     assert evaluate("s", single, {**runs, "ppo": low["grpo"]}).outcome.verdict == HOLDS
     assert evaluate("s", single, {}).outcome.verdict == NOT_TESTABLE
+
+
+def test_group_runs_evaluate_all_and_the_table():
+    from echo_nemo.study.expectations import evaluate_all, group_runs, table
+
+    assert group_runs([(0, 0.1), (1, 0.5), (0, 0.2), (1, None), (2, None)]) == [[0.1, 0.2], [0.5]]
+    exps = load_expectations(RECIPE)
+    ctx = {"calibration/gap_top2": 0.02, "acc_before/min": 0.3, "design/param_ratio": 5.9}
+    values = {"f2_small_to_code": {"mini": group_runs([(0, -0.4), (0, -0.3), (0, -0.35), (1, -0.3), (1, -0.45),
+                                                      (1, -0.4)])}}
+    done = evaluate_all(exps, values, ctx, resamples=500)
+    assert [d.name for d in done] == list(exps)
+    by = {d.name: d.outcome.verdict for d in done}
+    assert by["f2_small_to_code"] == HOLDS and by["f4_minority"] == NOT_TESTABLE  # nothing measured for f4
+    md = table(done)
+    assert md.count("\n") == len(exps) + 1 and "the smallest model's text share falls under RL" in md
+    assert "text_share_change at mini < 0" in md and "6 runs" in md
