@@ -18,11 +18,10 @@ import pytest
 from reference_build import reference_build
 
 from echo_nemo.config import load_recipe
-from echo_nemo.data.build import plan_sources
+from echo_nemo.data.build import build_shards, plan_sources
 from echo_nemo.data.config import DataRecipe, SourceSpec
 from echo_nemo.data.loader import read_shard
 from echo_nemo.data.mixtures import interleave
-from echo_nemo.data.shards import build_shards
 from echo_nemo.data.sources import load_documents, source_items
 from echo_nemo.errors import UserError
 
