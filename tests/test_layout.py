@@ -13,10 +13,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "echo_nemo"
 # The layers, lowest first. A module may import its own layer and those below it, never
 # one above. Each entry is a top-level module or package of echo_nemo ("" is the package's
 # __init__); a new one must be placed here (test_every_module_has_a_layer).
-#  - foundations: errors, the ECHO_NEMO_* switches, metrics files, signals, shared
-#    argparse pieces; they import no other layer.
-#  - config builds the process groups its `parallel` section names, so it sits with
-#    distributed; the CPU speed layer and the collectives are beside them.
+#  - foundations: errors, the ECHO_NEMO_* switches (env), metrics files, signals, shared
+#    argparse pieces, the checkpoint schedule; they import no other layer.
+#  - the process layer: config (it builds the process groups its `parallel` section
+#    names), distributed and the collectives, the torch/megatron patches, the speed seam
+#    the model asks for its hot operations (speed) and the CPU layer that fills it (cpu).
 #  - reward is a self-contained service (formats, truth, sandbox, server); the data
 #    sources label and check documents with it, so it sits below data.
 #  - data, the tokenizer and checkpoints feed the stages; the stages (pretraining, RL,
@@ -27,8 +28,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "echo_nemo"
 #    every sweep point in-process with cli.main, and the study and the quickstart run
 #    their stages through launch and the CLI.
 LAYERS: list[set[str]] = [
-    {"", "errors", "env", "net", "metrics", "preempt", "cli_args"},
-    {"config", "distributed", "parallel", "cpu", "malloc", "threads"},
+    {"", "errors", "env", "net", "metrics", "preempt", "cli_args", "schedule"},
+    {"config", "distributed", "parallel", "patches", "speed", "cpu", "malloc", "threads"},
     {"model"},
     {"reward"},
     {"data", "tokenizer", "checkpoint"},

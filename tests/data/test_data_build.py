@@ -147,7 +147,6 @@ def _proc_state(pid: int) -> str:
         return "Z"
 
 
-@pytest.mark.slow
 def test_sigkill_mid_build_resumes_to_identical_shards_and_manifest(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
