@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from echo_nemo.data import echolab
+from echo_nemo.data import echolab, echolab_fair
 from echo_nemo.data.catalog import DOCUMENT_SOURCES, ECHO_FORMATS, SourceInfo
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
 from echo_nemo.data.streams import SKIPPED, Item, RowSource, hub_offline, open_rows
@@ -306,6 +306,9 @@ def _echolab_documents(name: str, cfg: EchoLabConfig) -> Iterator[str]:
             yield echolab.background_document(rng, cfg.max_number)
         return
     fmt = ECHO_FORMATS[name]
+    if echolab_fair.active(cfg):  # the opt-in fair knobs; without them, today's corpus below
+        yield from echolab_fair.documents(fmt, cfg)
+        return
     noise = random.Random(f"echolab-misquote/{cfg.seed}")
     # All format sources render the same problem stream, so formats differ only in solution.
     for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,
