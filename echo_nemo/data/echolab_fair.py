@@ -237,8 +237,6 @@ def render_wrong_llm_code(q: EchoProblem) -> str:
 def wrong_templates(cfg: EchoLabConfig, fmt: str, rate: float) -> set[str]:
     """`wrong_by: template`: round(rate x number of templates) problem types, drawn once for
     the format and seed, whose programs are all wrong."""
-    from echo_nemo.data import echolab_templates  # noqa: F401  (registers TEMPLATES)
-
     names = sorted(echolab.TEMPLATES)
     return set(random.Random(f"echolab-wrong-templates/{cfg.seed}/{fmt}").sample(names, round(rate * len(names))))
 
