@@ -3,7 +3,8 @@
 Each subcommand lives beside the code it drives, in a module with a
 `register(subparsers)` function that adds its parser and sets `func`. Those modules
 import only argparse-level things at the top; heavy imports (torch, megatron) happen
-inside the handlers, so `echo-nemo --help` is instant.
+inside the handlers, so `echo-nemo --help` is instant. The pieces their parsers share
+(`--out`, `key=value` overrides before and after the options) are in cli_args.py.
 """
 
 from __future__ import annotations
