@@ -44,7 +44,8 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from echo_nemo.data import echolab
-from echo_nemo.data.echolab import EchoProblem, python_repr, render_llm_code, render_tinygsm
+from echo_nemo.data.echolab import EchoProblem, render_llm_code, render_tinygsm
+from echo_nemo.data.echolab_program import TEMPLATES, Q, Solution, Step, python_repr
 
 if TYPE_CHECKING:
     from echo_nemo.data.config import EchoLabConfig
@@ -193,9 +194,9 @@ def _swap(p: EchoProblem, i: int, k: int, new: str) -> EchoProblem:
     node.op = {v: t for t, v in _OPS.items()}[new]()
     e = step.expr
     steps = list(p.solution.steps)
-    steps[i] = echolab.Step(step.name, echolab.Q(e.value, ast.unparse(tree), e.math, e.prec, e.is_float),
+    steps[i] = Step(step.name, Q(e.value, ast.unparse(tree), e.math, e.prec, e.is_float),
                             step.text, step.unit)
-    return EchoProblem(p.template, p.question, echolab.Solution(list(p.solution.givens), steps), p.answer,
+    return EchoProblem(p.template, p.question, Solution(list(p.solution.givens), steps), p.answer,
                        p.conclusion)
 
 
@@ -219,7 +220,7 @@ def wrong_program(p: EchoProblem, rng: random.Random | None) -> EchoProblem | No
             continue
         shown = python_repr(value, is_float) if value.denominator == 1 else repr(float(value))
         if value != truth and len(shown) <= 12 and Fraction(shown) == value:
-            q.answer = echolab.Q(value, p.answer.code, p.answer.math, p.answer.prec, is_float)
+            q.answer = Q(value, p.answer.code, p.answer.math, p.answer.prec, is_float)
             return q
     return None
 
@@ -237,7 +238,7 @@ def render_wrong_llm_code(q: EchoProblem) -> str:
 def wrong_templates(cfg: EchoLabConfig, fmt: str, rate: float) -> set[str]:
     """`wrong_by: template`: round(rate x number of templates) problem types, drawn once for
     the format and seed, whose programs are all wrong."""
-    names = sorted(echolab.TEMPLATES)
+    names = sorted(TEMPLATES)
     return set(random.Random(f"echolab-wrong-templates/{cfg.seed}/{fmt}").sample(names, round(rate * len(names))))
 
 
