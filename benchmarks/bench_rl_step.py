@@ -39,7 +39,8 @@ from pathlib import Path
 
 import torch
 
-from echo_nemo import malloc
+from echo_nemo import cpu
+from echo_nemo.cpu import malloc
 
 PHASES = ("generate", "score", "update", "step")
 LR = 1e-6
@@ -214,6 +215,7 @@ def main() -> None:
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
     malloc.add_option(ap)
     args = ap.parse_args()
+    cpu.use_kernels()  # as every echo-nemo command does at start-up (echo_nemo.cli)
     if args.malloc == "echo-nemo":
         malloc.keep_freed_memory()  # both sides: what every echo-nemo command applies
     if args.side:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from echo_nemo import env
 from echo_nemo.errors import UserError
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "tokenizer"
@@ -128,7 +129,7 @@ def _hub_folder(repo_id: str) -> Path:
 def _converted_folder(directory: Path) -> Path:
     """tokenizer.json made by transformers from a slow (e.g. SentencePiece) tokenizer folder,
     cached under $ECHO_NEMO_CACHE (default ~/.cache/echo-nemo) by the folder's path."""
-    cache = Path(os.environ.get("ECHO_NEMO_CACHE", Path.home() / ".cache" / "echo-nemo"))
+    cache = env.cache_dir()
     out = cache / "tokenizers" / hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
     if (out / "tokenizer.json").is_file():
         return out

@@ -29,7 +29,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "echo_nemo"
 #    their stages through launch and the CLI.
 LAYERS: list[set[str]] = [
     {"", "errors", "env", "net", "metrics", "preempt", "cli_args", "schedule"},
-    {"config", "distributed", "parallel", "patches", "speed", "cpu", "malloc", "threads"},
+    {"config", "distributed", "parallel", "patches", "speed", "cpu"},
     {"model"},
     {"reward"},
     {"data", "tokenizer", "checkpoint"},

@@ -38,14 +38,14 @@ the other formats' documents (and the problem stream) as they are.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import random
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from echo_nemo.data import echolab
-from echo_nemo.data.echolab import EchoProblem, render_llm_code, render_tinygsm
-from echo_nemo.data.echolab_program import TEMPLATES, Q, Solution, Step, python_repr
+from echo_nemo.data import echolab, echolab_templates  # noqa: F401  (importing it registers the TEMPLATES)
+from echo_nemo.data.echolab import EchoProblem, python_repr, render_llm_code, render_tinygsm
 
 if TYPE_CHECKING:
     from echo_nemo.data.config import EchoLabConfig
@@ -192,12 +192,10 @@ def _swap(p: EchoProblem, i: int, k: int, new: str) -> EchoProblem:
     tree = ast.parse(step.expr.code, mode="eval")
     node = [n for n in ast.walk(tree) if isinstance(n, ast.BinOp)][k]
     node.op = {v: t for t, v in _OPS.items()}[new]()
-    e = step.expr
     steps = list(p.solution.steps)
-    steps[i] = Step(step.name, Q(e.value, ast.unparse(tree), e.math, e.prec, e.is_float),
-                            step.text, step.unit)
-    return EchoProblem(p.template, p.question, Solution(list(p.solution.givens), steps), p.answer,
-                       p.conclusion)
+    steps[i] = dataclasses.replace(step, expr=dataclasses.replace(step.expr, code=ast.unparse(tree)))
+    return dataclasses.replace(p, solution=dataclasses.replace(p.solution, givens=list(p.solution.givens),
+                                                               steps=steps))
 
 
 def wrong_program(p: EchoProblem, rng: random.Random | None) -> EchoProblem | None:
@@ -220,8 +218,7 @@ def wrong_program(p: EchoProblem, rng: random.Random | None) -> EchoProblem | No
             continue
         shown = python_repr(value, is_float) if value.denominator == 1 else repr(float(value))
         if value != truth and len(shown) <= 12 and Fraction(shown) == value:
-            q.answer = Q(value, p.answer.code, p.answer.math, p.answer.prec, is_float)
-            return q
+            return dataclasses.replace(q, answer=dataclasses.replace(p.answer, value=value, is_float=is_float))
     return None
 
 
@@ -238,7 +235,7 @@ def render_wrong_llm_code(q: EchoProblem) -> str:
 def wrong_templates(cfg: EchoLabConfig, fmt: str, rate: float) -> set[str]:
     """`wrong_by: template`: round(rate x number of templates) problem types, drawn once for
     the format and seed, whose programs are all wrong."""
-    names = sorted(TEMPLATES)
+    names = sorted(echolab.TEMPLATES)
     return set(random.Random(f"echolab-wrong-templates/{cfg.seed}/{fmt}").sample(names, round(rate * len(names))))
 
 

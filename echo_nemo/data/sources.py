@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import re
 import sys
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from echo_nemo import env
 from echo_nemo.data import echolab, echolab_fair
 from echo_nemo.data.catalog import DOCUMENT_SOURCES, ECHO_FORMATS, SourceInfo
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
@@ -162,7 +162,7 @@ def benchmark_name(problem_set: str) -> str:
 
 # ----------------------------------------------------------------------------- reading rows
 def _shared_data_dirs() -> list[Path]:
-    dirs = [Path(os.environ["ECHO_NEMO_DATA"])] if os.environ.get("ECHO_NEMO_DATA") else []
+    dirs = [d] if (d := env.data_dir()) else []
     return dirs + [REPO_ROOT.parent / "shared" / "data"]
 
 

@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 
 from echo_nemo.distributed import destroy_distributed, init_distributed
-from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
+from echo_nemo.model.build import ModelConfig, build_gpt
+from echo_nemo.model.forward import causal_forward
 
 
 def _debug_loss(tp: int, seed: int, tokens, labels):

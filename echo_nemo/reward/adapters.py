@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from echo_nemo import env
 from echo_nemo.reward.formats import FORMATS
 from echo_nemo.reward.query import (
     COMMON_SPECIAL_TOKENS,
@@ -31,21 +32,21 @@ from echo_nemo.reward.query import (
 )
 from echo_nemo.reward.score import Score, score
 
-URL_ENV = "ECHO_NEMO_REWARD_URL"
+URL_ENV = env.REWARD_URL.name
 # A Hugging Face tokenizer folder whose bos/eos/pad/unk strings are removed too (the common
 # literals such as </s> always are), like `reward serve --tokenizer`.
-TOKENIZER_ENV = "ECHO_NEMO_REWARD_TOKENIZER"
+TOKENIZER_ENV = env.REWARD_TOKENIZER.name
 NOT_FOUND = "response not found: the prompt does not occur in the query (after special tokens)"
 TRL_COLUMNS = ("answer", "ground_truth", "solution", "label")
 
 
 def _special_tokens() -> tuple[str, ...]:
-    path = os.environ.get(TOKENIZER_ENV)
+    path = env.reward_tokenizer()
     return COMMON_SPECIAL_TOKENS + (special_token_strings(path) if path else ())
 
 
 def _score(completions: list[str], truths: Sequence[object]) -> list[Score]:
-    url = os.environ.get(URL_ENV)
+    url = env.reward_url()
     if url:
         from echo_nemo.reward.client import RewardClient
 

@@ -34,8 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from echo_nemo.config import load_recipe
 from echo_nemo.data.echolab_fair import TEXT_OPENING
+from echo_nemo.data.sources import BENCHMARKS, load_problems
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
+from echo_nemo.reward import score
+from echo_nemo.reward.formats import FORMATS
 
 # Each ends before the newline its documents continue with: the model writes it, so that
 # the token at the seam is the one pretraining saw (a BPE merges a newline with the indent).
@@ -59,9 +63,6 @@ class CalibrateConfig:
     openings: dict[str, str] = field(default_factory=lambda: dict(OPENINGS))  # format -> forced opening
 
     def validate(self) -> None:
-        from echo_nemo.data.sources import BENCHMARKS
-        from echo_nemo.reward.formats import FORMATS
-
         if self.benchmark not in BENCHMARKS:
             raise UserError(f"calibrate: benchmark {self.benchmark!r} is not one of {', '.join(BENCHMARKS)}")
         bad = [f for f in self.openings if f not in FORMATS[:-1]]
@@ -130,8 +131,6 @@ def score_forced(completions: dict[str, list[str]], truths: list[str], openings:
     """(calibration, per-sample records) from each format's full greedy completions (opening
     included) and, optionally, its sampled ones (n per problem, problem i's at [i*n, (i+1)*n)),
     scored by the RL reward (reward.score)."""
-    from echo_nemo.reward import score
-
     rows, records = {}, []
     for fmt, comps in completions.items():
         scores = score(comps, truths)
@@ -154,7 +153,7 @@ def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig,
                     samples: int = 0) -> dict[str, list[str]]:
     """Each format's completions: opening + the continuation of prompt + opening; greedy
     (samples = 0), else `samples` draws per problem at cfg.temperature, problem-major."""
-    from echo_nemo.model.generate import generate
+    from echo_nemo.model.generate import generate  # torch: imported when a model is in hand
 
     out: dict[str, list[str]] = {}
     for fmt, opening in cfg.openings.items():
@@ -181,8 +180,8 @@ def calibrate_model(model, tokenizer, problems: list, cfg: CalibrateConfig) -> t
 def run_calibration(checkpoint: str, cfg: CalibrateConfig, out: str | os.PathLike | None = None) -> Calibration:
     """Load the checkpoint, calibrate it on the benchmark, write calibration.json / .md and
     samples.jsonl into `out` (default: <checkpoint>/calibration)."""
+    # torch and megatron: imported when a checkpoint is loaded
     from echo_nemo.checkpoint import load_model_for_inference, resolve_checkpoint
-    from echo_nemo.data.sources import BENCHMARKS, load_problems
 
     cfg.validate()
     ckpt = resolve_checkpoint(checkpoint)
@@ -200,8 +199,6 @@ def run_calibration(checkpoint: str, cfg: CalibrateConfig, out: str | os.PathLik
 
 
 def main(argv: list[str] | None = None) -> int:
-    from echo_nemo.config import load_recipe
-
     p = argparse.ArgumentParser(prog="python -m echo_nemo.study.calibrate", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="a checkpoint dir or a run dir (its latest checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="k=v", help="CalibrateConfig overrides, e.g. limit=100")

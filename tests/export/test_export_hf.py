@@ -37,7 +37,8 @@ def _make_checkpoint(run_dir: str) -> None:
     """A debug model trained 3 AdamW steps on random tokens (so no weight is at its init)."""
     from echo_nemo import distributed as D
     from echo_nemo.checkpoint import save_checkpoint
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.forward import causal_forward
     from echo_nemo.tokenizer import load_tokenizer
 
     D.init_distributed(tp=1, seed=3)
@@ -58,7 +59,7 @@ def _make_checkpoint(run_dir: str) -> None:
 
 def _our_logits(ckpt: str, ids: list[int], out: str) -> None:
     from echo_nemo.checkpoint import load_model_for_inference
-    from echo_nemo.model.build import causal_forward
+    from echo_nemo.model.forward import causal_forward
 
     model, _tok, cfg = load_model_for_inference(ckpt)
     with torch.no_grad():

@@ -18,7 +18,8 @@ def _teach(run_dir: str, prompts: list[str], answers: list[str]) -> None:
     same group, so rewards vary and GRPO's advantages are not all zero."""
     from echo_nemo import distributed as D
     from echo_nemo.checkpoint import save_checkpoint
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.forward import causal_forward
     from echo_nemo.tokenizer import load_tokenizer
 
     D.init_distributed(tp=1, seed=0)
