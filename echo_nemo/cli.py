@@ -14,9 +14,8 @@ import importlib
 import sys
 import warnings
 
+from echo_nemo import cpu, patches
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
-from echo_nemo.malloc import keep_freed_memory
-from echo_nemo.model import cpu_kernels
 from echo_nemo.preempt import EXIT_REQUEUE, Preempted, catch_signals
 
 # (subcommand, module providing `register`) in the order `--help` lists them.
@@ -73,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    patches.defer_megatron_compile()  # before any command imports megatron-core
     # megatron-core warns at import that apex / Transformer Engine are absent (expected
     # on CPU) and about its own deprecations: noise in every command's output.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT if args.command is None else 0
     try:
-        keep_freed_memory()  # before the first tensor: every step reuses the last one's memory
-        cpu_kernels.choice()  # a misspelt $ECHO_NEMO_CPU_KERNELS fails now, not at the first rollout
+        cpu.apply()  # the CPU speed layer, before the first tensor (a misspelt switch exits 2 now)
         # pretrain and rl stop on SLURM's signals after a step, save and exit 75 (echo_nemo.preempt).
         # Caught for the whole command, not only inside their loops: a signal during set-up
         # stops the run at its first step, and one after the last step (final save,

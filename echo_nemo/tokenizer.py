@@ -28,6 +28,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from echo_nemo import env
 from echo_nemo.errors import UserError
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "tokenizer"
@@ -127,7 +128,7 @@ def _converted_folder(directory: Path) -> Path:
     cached under $ECHO_NEMO_CACHE (default ~/.cache/echo-nemo) by the folder's path."""
     import hashlib
 
-    cache = Path(os.environ.get("ECHO_NEMO_CACHE", Path.home() / ".cache" / "echo-nemo"))
+    cache = env.cache_dir()
     out = cache / "tokenizers" / hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
     if (out / "tokenizer.json").is_file():
         return out

@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 from shared_helpers import SHARED_DATA, run_cli, shared_texts
 
+from echo_nemo import cpu, patches
+
+# what every echo-nemo command does at start-up (echo_nemo.cli), for the model code tests
+# run in this process (and in the ranks echo_nemo.distributed.run_distributed starts)
+patches.defer_megatron_compile()
+cpu.use_kernels()
+
 # The suite runs under pytest-xdist (pyproject's addopts: one worker per core, at most 4).
 # Each worker gets its share of the cores as torch threads, inherited by the CLI processes
 # it starts: torch on every core next to other CPU load slows down many times over.

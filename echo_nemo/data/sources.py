@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import re
 import sys
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from echo_nemo import env
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
 from echo_nemo.data.streams import SKIPPED, Item, RowSource, hub_offline, open_rows
 from echo_nemo.errors import UserError
@@ -205,7 +205,7 @@ def benchmark_name(problem_set: str) -> str:
 
 # ----------------------------------------------------------------------------- reading rows
 def _shared_data_dirs() -> list[Path]:
-    dirs = [Path(os.environ["ECHO_NEMO_DATA"])] if os.environ.get("ECHO_NEMO_DATA") else []
+    dirs = [d] if (d := env.data_dir()) else []
     return dirs + [REPO_ROOT.parent / "shared" / "data"]
 
 
@@ -350,7 +350,12 @@ def _echolab_documents(name: str, cfg: EchoLabConfig) -> Iterator[str]:
         for _ in range(cfg.num_background):
             yield echolab.background_document(rng, cfg.max_number)
         return
+    from echo_nemo.data import echolab_fair
+
     fmt = ECHO_FORMATS[name]
+    if echolab_fair.active(cfg):  # the opt-in fair knobs; without them, today's corpus below
+        yield from echolab_fair.documents(fmt, cfg)
+        return
     noise = random.Random(f"echolab-misquote/{cfg.seed}")
     # All format sources render the same problem stream, so formats differ only in solution.
     for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,

@@ -15,7 +15,8 @@ from typing import Any
 
 def _debug_loss(tp: int, seed: int, tokens, labels):
     from echo_nemo.distributed import init_distributed
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.forward import causal_forward
 
     env = init_distributed(tp=tp, seed=seed)
     model = build_gpt(ModelConfig(scale="debug"), vocab_size=256)

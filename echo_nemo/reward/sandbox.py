@@ -68,6 +68,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
+from echo_nemo import env
+
 NOBODY = 65534
 
 
@@ -423,7 +425,7 @@ PR_SET_PDEATHSIG = 1
 _LIBC = None  # the worker's libc handle (ctypes), loaded before any model code runs
 CLONE_NEWNET = 0x40000000
 # ECHO_NEMO_SANDBOX_NETNS=0 skips the network namespace (e.g. to test the fallback).
-NETNS_ENV = "ECHO_NEMO_SANDBOX_NETNS"
+NETNS_ENV = env.SANDBOX_NETNS.name
 
 
 def _only_loopback() -> bool:
@@ -656,7 +658,7 @@ class WorkerPool:
     ) -> None:
         self.limits = limits or Limits()
         if network_namespace is None:
-            network_namespace = os.environ.get(NETNS_ENV, "1") != "0"
+            network_namespace = env.sandbox_netns()
         self.network_namespace = network_namespace
         self.handler = handler
         # Room for one (possibly starved) execution plus math-verify's own alarms.

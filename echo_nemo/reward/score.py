@@ -17,11 +17,11 @@ is the same function for an asyncio caller (the server's micro-batcher).
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from echo_nemo import env
 from echo_nemo.reward.formats import classify, parse_completion
 from echo_nemo.reward.sandbox import Limits, WorkerPool, execute, register_pool
 from echo_nemo.reward.truth import UnreadableGroundTruth, read_ground_truth
@@ -114,7 +114,7 @@ _POOL_LOCK = threading.Lock()
 
 def default_workers() -> int:
     """ECHO_NEMO_REWARD_WORKERS, else min(4, CPU count)."""
-    return int(os.environ.get("ECHO_NEMO_REWARD_WORKERS", min(4, os.cpu_count() or 1)))
+    return env.reward_workers()
 
 
 def get_pool() -> WorkerPool:

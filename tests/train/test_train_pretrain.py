@@ -109,7 +109,7 @@ def _logits_of(ckpt: str, out: str, tokens: list[list[int]]) -> None:
 
     from echo_nemo import distributed as D
     from echo_nemo.checkpoint import load_model_for_inference
-    from echo_nemo.model.build import causal_forward
+    from echo_nemo.model.forward import causal_forward
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     D.init_distributed(tp=world)
@@ -175,7 +175,7 @@ def _resume_equals_reference(cli, args: list[str], resume_from: int, run, refere
 
 
 def test_train_losses_do_not_depend_on_the_malloc_settings(reference_run, echolab_shards, tmp_path):
-    # the reference ran with echo_nemo.malloc's settings (every CLI command applies them)
+    # the reference ran with echo_nemo.cpu.malloc's settings (every CLI command applies them)
     run = tmp_path / "glibc"
     r = run_cli("pretrain", RECIPE, *overrides(echolab_shards, run), env={"OMP_NUM_THREADS": "1", "ECHO_NEMO_MALLOC": "glibc"})
     assert r.returncode == 0, r.stderr[-4000:]
