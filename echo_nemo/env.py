@@ -12,6 +12,7 @@
 | `ECHO_NEMO_REWARD_URL`       | unset                     | score on this reward server instead of in process (framework adapters) |
 | `ECHO_NEMO_REWARD_TOKENIZER` | unset                     | tokenizer folder whose special tokens the adapters strip             |
 | `ECHO_NEMO_SANDBOX_NETNS`    | `1`                       | `0`: sandbox workers keep the network namespace they were started in |
+| `ECHO_NEMO_SANDBOX_LAYERS_OFF` | unset                   | tests only: comma list of sandbox layers to leave off (docs/sandbox.md) |
 
 An empty value counts as unset. A value outside what a variable accepts raises
 `UserError` naming the variable and what it expects (exit 2 from the CLI).
@@ -52,8 +53,9 @@ REWARD_WORKERS = Var("ECHO_NEMO_REWARD_WORKERS")
 REWARD_URL = Var("ECHO_NEMO_REWARD_URL")
 REWARD_TOKENIZER = Var("ECHO_NEMO_REWARD_TOKENIZER")
 SANDBOX_NETNS = Var("ECHO_NEMO_SANDBOX_NETNS", "1", ("0", "1"))
+SANDBOX_LAYERS_OFF = Var("ECHO_NEMO_SANDBOX_LAYERS_OFF")
 VARIABLES = (CACHE, CPU_KERNELS, MALLOC, THREADS_FILE, DATA, PEAK_TFLOPS, REWARD_WORKERS, REWARD_URL,
-             REWARD_TOKENIZER, SANDBOX_NETNS)
+             REWARD_TOKENIZER, SANDBOX_NETNS, SANDBOX_LAYERS_OFF)
 
 
 def _positive(var: Var, cast: type) -> float | int | None:
@@ -120,3 +122,9 @@ def reward_tokenizer() -> str | None:
 def sandbox_netns() -> bool:
     """$ECHO_NEMO_SANDBOX_NETNS: False for "0" (no network namespace), True for "1" (the default)."""
     return SANDBOX_NETNS.get() == "1"
+
+
+def sandbox_layers_off() -> tuple[str, ...]:
+    """$ECHO_NEMO_SANDBOX_LAYERS_OFF: the sandbox layers to leave off (tests only), from a
+    comma list; the sandbox checks the names."""
+    return tuple(x.strip() for x in (SANDBOX_LAYERS_OFF.get() or "").split(",") if x.strip())

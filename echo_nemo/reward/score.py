@@ -59,6 +59,7 @@ class Score:
 
 def evaluate_job(job: dict, limits: Limits, base_dir: str) -> dict:
     """Score one item. Runs in a sandbox worker's main thread (see sandbox.worker_main)."""
+    # math-verify (and sympy) load only in the sandbox worker, never in the caller's process
     from echo_nemo.reward.equivalence import is_equivalent, parse_ground_truth, plain_integer
 
     parsed = parse_completion(job["completion"])
