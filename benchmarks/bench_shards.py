@@ -53,8 +53,8 @@ def child(folder: str, out: str, workers: int, shuffle_buffer: int) -> None:
     """One build in this fresh process; prints a JSON line with its figures."""
     import webdataset  # noqa: F401  (imports torch: a one-time cost kept out of the timing)
 
+    from echo_nemo.data.build import build_shards
     from echo_nemo.data.config import DataRecipe, SourceSpec
-    from echo_nemo.data.shards import build_shards
 
     recipe = DataRecipe(name="bench", sources=[SourceSpec(name="fm3", path=folder)], seq_length=2048,
                         packing="concat", sequences_per_shard=1000, num_workers=workers,

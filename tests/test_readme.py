@@ -116,3 +116,17 @@ def test_every_environment_variable_is_documented():
     assert read, "no ECHO_NEMO_* variable found: the scan is broken"
     documented = set(re.findall(r"`(ECHO_NEMO_[A-Z_]+)`", (REPO / "docs" / "configuration.md").read_text()))
     assert sorted(read - documented) == []
+
+
+def test_every_path_the_documents_name_exists():
+    """A file or folder of the repository named in backticks (`echo_nemo/cpu/kernels.py`)
+    exists: the documents follow the code when it moves."""
+    pattern = r"`((?:echo_nemo|recipes|benchmarks|slurm|tests|docs|tokenizer)/[^`\s]*)`"
+    missing = []
+    for doc in DOCUMENTS:
+        for path in re.findall(pattern, doc.read_text()):
+            if any(c in path for c in "<*{["):  # a pattern, not a path
+                continue
+            if not (REPO / path.rstrip(".,:;")).exists():
+                missing.append(f"{doc.relative_to(REPO)}: {path}")
+    assert missing == []

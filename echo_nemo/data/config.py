@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from echo_nemo.data.catalog import DOCUMENT_SOURCES
 from echo_nemo.errors import UserError
 
 
@@ -109,8 +110,6 @@ class DataRecipe:
     repeats: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from echo_nemo.data.sources import DOCUMENT_SOURCES
-
         if not self.sources:
             raise UserError(f"data recipe {self.name!r}: `sources` is empty (expected at least one)")
         names = [s.name for s in self.sources]

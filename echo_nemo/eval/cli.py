@@ -16,7 +16,7 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from echo_nemo.cli import add_out_option
+from echo_nemo.cli_args import add_out_option
 from echo_nemo.errors import UserError
 
 
