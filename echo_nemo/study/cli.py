@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(study_dir: Path) -> int:
-    from echo_nemo.study.report import build_study_report
+    from echo_nemo.study.report import build_study_report  # matplotlib: with the command only
 
     print(f"[study] report: {build_study_report(study_dir, study_dir / 'report')}")
     return 0
