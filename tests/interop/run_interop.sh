@@ -83,7 +83,9 @@ install_bridge() {
     if ! "$VENVS/bridge/bin/pip" install "$TORCH" "megatron-bridge==$BRIDGE"; then
         echo "[interop] megatron-bridge $BRIDGE does not install with its dependencies here;" \
              "installing it without: $BRIDGE_LEFT_OUT" >&2
-        mapfile -t reqs < <(requirements_without "megatron-bridge==$BRIDGE" "$BRIDGE_LEFT_OUT")
+        # megatron-core's [dev] extra is the GPU kernels (transformer-engine, mamba, flashinfer, ...)
+        mapfile -t reqs < <(requirements_without "megatron-bridge==$BRIDGE" "$BRIDGE_LEFT_OUT" \
+                            | sed 's/^megatron-core\[dev,mlm\]/megatron-core[mlm]/')
         "$VENVS/bridge/bin/pip" install "$TORCH" "${reqs[@]}"
         "$VENVS/bridge/bin/pip" install --no-deps "megatron-bridge==$BRIDGE"
     fi
