@@ -23,9 +23,10 @@ WHICH="${1:-all}"
 INSTALL=1
 [[ "${2:-}" == "--no-install" ]] && INSTALL=0
 
-OPENRLHF=0.11.2
-VERL=0.9.1
-BRIDGE=0.3.1
+pin() { sed -n "s/^$1==//p" "$REPO/constraints.txt"; }  # the tested version, from constraints.txt
+OPENRLHF="$(pin openrlhf)"
+VERL="$(pin verl)"
+BRIDGE="$(pin megatron-bridge)"
 # torch 2.13.0 is the CPU wheel this machine's pip finds locally; a newer torch from the registry
 # is the CUDA build, which pulls several GB of nvidia libraries.
 TORCH="torch==2.13.0"
