@@ -143,15 +143,16 @@ def test_executor_reward_file(engine, hf_dir, monkeypatch) -> None:
 def openrlhf_parser():
     """train_ppo_ray's own argparse parser: its `__main__` block up to parse_args, run as is."""
     import argparse
+    import importlib.util
     import textwrap
 
-    import openrlhf.cli.train_ppo_ray as cli
-
-    source = Path(cli.__file__).read_text()
+    # found, not imported: the module imports vLLM and Ray's GPU launchers at the top
+    path = importlib.util.find_spec("openrlhf.cli.train_ppo_ray").origin
+    source = Path(path).read_text()
     start = source.index("    parser = argparse.ArgumentParser()")
     block = textwrap.dedent(source[start : source.index("    args = parser.parse_args()", start)])
     scope = {"argparse": argparse}
-    exec(compile(block, cli.__file__, "exec"), scope)
+    exec(compile(block, path, "exec"), scope)
     return scope["parser"]
 
 
