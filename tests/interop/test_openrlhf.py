@@ -16,9 +16,11 @@ Runs where openrlhf is importable: ``bash tests/interop/run_interop.sh openrlhf`
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -151,7 +153,7 @@ def openrlhf_parser():
     source = Path(path).read_text()
     start = source.index("    parser = argparse.ArgumentParser()")
     block = textwrap.dedent(source[start : source.index("    args = parser.parse_args()", start)])
-    scope = {"argparse": argparse}
+    scope = {"argparse": argparse, "os": os, "datetime": datetime}  # the module's stdlib imports
     exec(compile(block, path, "exec"), scope)
     return scope["parser"]
 
