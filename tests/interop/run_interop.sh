@@ -12,8 +12,10 @@
 #   torch (and CUDA for flash-attn) at build time and do not build on a CPU machine; then the
 #   wheel itself goes in with --no-deps. `pip check` names the two left out.
 # - verl 0.9.1: `pip install -e .[test] verl==0.9.1`, the resolver alone.
-# - megatron-bridge 0.3.1: tried with the resolver first; see docs/interop.md for why it
-#   cannot install whole on a CPU machine and what is installed instead.
+# - megatron-bridge 0.3.1: tried with the resolver first; on a CPU machine that fails, and it
+#   is installed without its CUDA packages, then probed: it does not import (docs/interop.md,
+#   Megatron-Bridge, says why). echo-nemo is not installed there: megatron-bridge 0.3.1 needs
+#   transformers < 5, echo-nemo >= 5.5.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -90,6 +92,11 @@ install_bridge() {
         "$VENVS/bridge/bin/pip" install "$TORCH" "${reqs[@]}"
         "$VENVS/bridge/bin/pip" install --no-deps "megatron-bridge==$BRIDGE"
     fi
+    # transformers imports torchvision when present; the registry's torchvision is a CUDA
+    # build whose operators do not load beside the CPU torch
+    "$VENVS/bridge/bin/pip" uninstall -y -q torchvision || true
+    "$VENVS/bridge/bin/python" -c "import megatron.bridge" \
+        || echo "[interop] megatron.bridge does not import here: see docs/interop.md, Megatron-Bridge" >&2
 }
 
 run_tests() {  # run_tests VENV TESTFILE
