@@ -8,9 +8,10 @@
 # makes them. --no-install reuses venvs already built. Each install and test run is timed.
 #
 # - openrlhf 0.11.2: its requirements, as its wheel's metadata lists them, go through pip's
-#   resolver together with echo-nemo, except flash-attn and deepspeed, whose sdists need
-#   torch (and CUDA for flash-attn) at build time and do not build on a CPU machine; then the
-#   wheel itself goes in with --no-deps. `pip check` names the two left out.
+#   resolver together with echo-nemo, except flash-attn (an sdist that needs torch in pip's
+#   build environment and CUDA: `pip install openrlhf` stops there) and deepspeed (the GPU
+#   training engine, not needed by the code the tests drive); then the wheel itself goes in
+#   with --no-deps. `pip check` names the two left out.
 # - verl 0.9.1: `pip install -e .[test] verl==0.9.1`, the resolver alone.
 # - megatron-bridge 0.3.1: tried with the resolver first; on a CPU machine that fails, and it
 #   is installed without its CUDA packages, then probed: it does not import (docs/interop.md,
