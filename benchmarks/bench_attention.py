@@ -1,14 +1,14 @@
-"""Causal attention for training on CPU: echo-nemo's C kernel (echo_nemo/model/attention.c)
+"""Causal attention for training on CPU: echo-nemo's C kernel (echo_nemo/cpu/attention.c)
 vs torch's scaled_dot_product_attention (its CPU flash kernel), same inputs, same run.
 
-Inputs are laid out as the lean forward has them: q, k and v are strided [b, heads, s, d]
+Inputs are laid out as the training forward has them: q, k and v are strided [b, heads, s, d]
 views of one [b, s, 3 * heads, d] tensor. Before timing, the two outputs and input
 gradients are compared (max |difference|). Then forward alone and forward + backward are
 timed for each, alternating kernel and SDPA for R repeats so machine load hits both
 alike; medians are reported with the ratio SDPA time / kernel time (above 1: the kernel
 is faster). The default shapes are the pretraining benchmark's: tiny (16 x 256 tokens,
 4 heads of 32) and 150m (2 x 512 tokens, 12 heads of 64); the long ones show where the
-kernel hands back to SDPA (echo_nemo.model.attention.MAX_SEQ_X_HEAD_DIM).
+kernel hands back to SDPA (echo_nemo.cpu.attention.MAX_SEQ_X_HEAD_DIM).
 
 Run: python benchmarks/bench_attention.py [--repeats 11] [--long] [--threads N]
 """
@@ -22,6 +22,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from echo_nemo.cpu import attention, kernels
 
 SHAPES = {"tiny": (16, 4, 256, 32), "150m": (2, 12, 512, 64)}  # batch, heads, seq, head dim
 LONG = {"s1024 d64": (2, 12, 1024, 64), "s2048 d64": (1, 12, 2048, 64), "s2048 d128": (1, 16, 2048, 128)}
@@ -48,9 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from echo_nemo.model import attention, cpu_kernels
-
-    if cpu_kernels.load() is None:
+    if kernels.load() is None:
         print("echo-nemo's CPU kernels are not available here (see the message above); nothing to compare")
         sys.exit(1)
     shapes = SMOKE if args.smoke else {**SHAPES, **(LONG if args.long else {})}

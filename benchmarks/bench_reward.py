@@ -16,6 +16,12 @@ the baseline process survives are used, since the baseline runs them in-process.
   ratio single-sample / batched at 512 (target >= 0.8).
 
 Run: python benchmarks/bench_reward.py [--n 510] [--clients 64] [--group 8] [--workers N]
+
+Cost against another version of the sandbox, in one run: ``--compare-tree DIR`` measures
+the sandbox only (score() direct and the batched server: CPU ms per completion counted over
+the caller, the workers and every process they forked, and completions/s) for this
+checkout and for the echo_nemo package in DIR (e.g. a checkout of the previous version),
+alternating ``--repeats`` times, and prints each figure's median and the ratio this/DIR.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import queue
 import random
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -40,8 +48,14 @@ import psutil
 from echo_nemo.reward.client import RewardClient, local_reward_server
 from echo_nemo.reward.equivalence import is_equivalent
 from echo_nemo.reward.formats import parse_completion
-from echo_nemo.reward.sandbox import Limits, WorkerPool, _run_program, _value_text
+from echo_nemo.reward.sandbox import Limits, WorkerPool
 from echo_nemo.reward.score import score
+
+try:
+    from echo_nemo.reward.zygote import run_program as _run_program
+    from echo_nemo.reward.zygote import value_text as _value_text
+except ImportError:  # --compare-tree runs this file against a version without zygote.py
+    from echo_nemo.reward.sandbox import _run_program, _value_text
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TIMEOUT_S = 3  # the release's alarm; the sandbox gets the same wall and CPU limit
@@ -187,11 +201,19 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
 
 
 def _cpu_s(pids: list[int]) -> float:
-    """CPU seconds used by these processes and their reaped children (forked executions)."""
+    """CPU seconds used by these processes, every live process under them, and all the
+    children they reaped (the forked executions)."""
     total = 0.0
+    procs = []
     for pid in pids:
         try:
-            t = psutil.Process(pid).cpu_times()
+            proc = psutil.Process(pid)
+            procs += [proc, *proc.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for proc in {p.pid: p for p in procs}.values():
+        try:
+            t = proc.cpu_times()
         except psutil.NoSuchProcess:
             continue
         total += t.user + t.system + t.children_user + t.children_system
@@ -203,8 +225,47 @@ def _server_pids(url: str) -> list[int]:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
         if "serve" in cmd and port in cmd:
-            return [proc.pid, *(c.pid for c in proc.children(recursive=True))]
+            return [proc.pid]
     return []
+
+
+def sandbox_figures(completions: list[str], truths: list[str], workers: int, clients: int,
+                    group: int) -> dict:  # fmt: skip
+    """score() direct and the batched server: completions/s and CPU ms per completion."""
+    n = len(completions)
+    pool = WorkerPool(workers, Limits(wall_s=TIMEOUT_S, cpu_s=TIMEOUT_S))
+    pool.wait_ready()
+    pids = [os.getpid(), *(w.proc.pid for w in pool.workers if w is not None)]
+    t0, c0 = time.perf_counter(), _cpu_s(pids)
+    direct = [s.reward for s in score(completions, truths, pool=pool)]
+    direct_s, direct_cpu = time.perf_counter() - t0, _cpu_s(pids) - c0
+    pool.close()
+    with local_reward_server(workers=workers, timeout_s=TIMEOUT_S) as url:
+        pids = _server_pids(url)
+        c0 = _cpu_s(pids)
+        server_s, latencies, _ = run_server(url, completions, truths, clients, group)
+        server_cpu = _cpu_s(pids) - c0
+    return {"direct_per_s": n / direct_s, "direct_cpu_ms": direct_cpu / n * 1000,
+            "server_per_s": n / server_s, "server_cpu_ms": server_cpu / n * 1000,
+            "mean_reward": sum(direct) / n}  # fmt: skip
+
+
+def compare(args: argparse.Namespace) -> None:
+    """This checkout against --compare-tree, alternating; medians and ratios."""
+    here = str(Path(__file__).resolve().parents[1])
+    runs: dict[str, list[dict]] = {here: [], args.compare_tree: []}
+    cmd = [sys.executable, __file__, "--sandbox-only", "--n", str(args.n), "--workers",
+           str(args.workers), "--clients", str(args.clients), "--group", str(args.group)]  # fmt: skip
+    for _ in range(args.repeats):
+        for tree in runs:
+            env = {**os.environ, "PYTHONPATH": tree}
+            out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, check=True)
+            runs[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"{tree}: {runs[tree][-1]}", flush=True)
+    med = {tree: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for tree, rs in runs.items()}
+    for key in ("direct_cpu_ms", "server_cpu_ms", "direct_per_s", "server_per_s"):
+        a, b = med[here][key], med[args.compare_tree][key]
+        print(f"{key:14s} this {a:8.2f}   {args.compare_tree} {b:8.2f}   ratio {a / b:.3f}")
 
 
 def main() -> None:
@@ -214,8 +275,22 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--group", type=int, default=8, help="completions per request")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--compare-tree", default=None,
+                        help="also measure the sandbox of the echo_nemo package in this folder")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs per tree")
+    parser.add_argument("--sandbox-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compare_tree:
+        return compare(args)
     completions, truths = build_mix(args.n)
+    if args.sandbox_only:
+        print(json.dumps(sandbox_figures(completions, truths, args.workers, args.clients, args.group)))
+        return
+    full_report(args, completions, truths)
+
+
+def full_report(args: argparse.Namespace, completions: list[str], truths: list[str]) -> None:
+    """The release baseline, score() direct, the batched server and single-sample levels."""
     print(f"mix: {len(completions)} completions ({len(HOSTILE)} hostile), {os.cpu_count()} CPUs, "
           f"{args.workers} sandbox workers")  # fmt: skip
 
@@ -249,6 +324,14 @@ def main() -> None:
     p50, p99 = _percentiles(latencies)
 
     agree = sum(a == b for a, b in zip(base, direct))
+    figures = (base_rate, base_s, base, direct, direct_s, server_rate, server_s, p50, p99, latencies)
+    _print_report(args, completions, figures, base_cpu, direct_cpu, server_cpu, batched_client_cpu,
+                  agree, single)  # fmt: skip
+
+
+def _print_report(args, completions, figures, base_cpu, direct_cpu, server_cpu, batched_client_cpu,
+                  agree, single) -> None:  # fmt: skip
+    base_rate, base_s, base, direct, direct_s, server_rate, server_s, p50, p99, latencies = figures
     print(
         f"baseline (in-process exec + alarm): {base_rate:8.1f} completions/s  ({base_s:.1f} s, mean reward {sum(base) / len(base):.3f})"
     )

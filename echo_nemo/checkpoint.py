@@ -45,6 +45,7 @@ from megatron.core.dist_checkpointing.optimizer import (
 )
 from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+from tqdm import tqdm
 
 from echo_nemo import distributed as D
 from echo_nemo.errors import UserError
@@ -243,42 +244,50 @@ def save_checkpoint(
     dist_checkpointing.save(_sharded_state(model, optimizer, extra, rank_extra), str(tmp))
     _barrier()
     if _rank() == 0:
-        tok = None
-        if tokenizer is not None:
-            tok_path = Path(tokenizer).resolve()
-            try:  # relative when it lives in the run dir, so the run dir can move
-                tok = os.path.relpath(tok_path, final.resolve())
-                if tok.startswith("../../..") or not str(tok_path).startswith(
-                    str(Path(run_dir).resolve())
-                ):
-                    tok = str(tok_path)
-            except ValueError:
-                tok = str(tok_path)
         meta = {
             "step": int(step),
             "kind": kind,
             "model": dataclasses.asdict(model_config),
-            "tokenizer": tok,
+            "tokenizer": _tokenizer_ref(tokenizer, run_dir, final),
             "layout": _layout(),
             "keep": int(step) in set(keep_steps),
         }
-        with open(tmp / META, "w") as f:
-            json.dump(meta, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        _publish(tmp, final, meta)
         _progress(f"saved {_where(final)}: {_size(final)} in {time.perf_counter() - t0:.1f} s")
         _prune(run_dir, keep_last, set(keep_steps) | {int(step)})
     _barrier()
     return final
 
 
+def _tokenizer_ref(tokenizer: str | os.PathLike | None, run_dir: str | os.PathLike, final: Path) -> str | None:
+    """The tokenizer as meta.json names it: relative to the checkpoint when it lives in the
+    run dir (so the run dir can move), else absolute."""
+    if tokenizer is None:
+        return None
+    tok_path = Path(tokenizer).resolve()
+    try:
+        tok = os.path.relpath(tok_path, final.resolve())
+    except ValueError:  # another drive
+        return str(tok_path)
+    if tok.startswith("../../..") or not str(tok_path).startswith(str(Path(run_dir).resolve())):
+        return str(tok_path)
+    return tok
+
+
+def _publish(tmp: Path, final: Path, meta: dict) -> None:
+    """meta.json into the written `tmp`, then `tmp` renamed to `final` (replacing an older
+    save of the same step, e.g. after a resume): a checkpoint that exists is whole."""
+    with open(tmp / META, "w") as f:
+        json.dump(meta, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+
+
 def _progress(line: str) -> None:
     """One line on stderr (beside the progress bars; stdout stays the commands' output)."""
-    from tqdm import tqdm
-
     tqdm.write(f"[checkpoint] {line}", file=sys.stderr)
     sys.stderr.flush()
 

@@ -3,7 +3,8 @@
 Each subcommand lives beside the code it drives, in a module with a
 `register(subparsers)` function that adds its parser and sets `func`. Those modules
 import only argparse-level things at the top; heavy imports (torch, megatron) happen
-inside the handlers, so `echo-nemo --help` is instant.
+inside the handlers, so `echo-nemo --help` is instant. The pieces their parsers share
+(`--out`, `key=value` overrides before and after the options) are in cli_args.py.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import importlib
 import sys
 import warnings
 
+from echo_nemo import cpu, patches
+from echo_nemo.cli_args import parse_command_line
 from echo_nemo.errors import EXIT_BAD_INPUT, UserError
-from echo_nemo.malloc import keep_freed_memory
-from echo_nemo.model import cpu_kernels
 from echo_nemo.preempt import EXIT_REQUEUE, Preempted, catch_signals
 
 # (subcommand, module providing `register`) in the order `--help` lists them.
@@ -38,22 +39,6 @@ COMMANDS: list[tuple[str, str]] = [
 ]
 
 
-class _DeprecatedAlias(argparse.Action):
-    """An old option spelling: still works for one release, with a line saying so."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"echo-nemo: {option_string} is deprecated, use --{self.dest}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
-
-
-def add_out_option(parser: argparse.ArgumentParser, help: str, old: str | None = None) -> None:
-    """`--out DIR`: the one spelling of "the folder this command writes" (run or data dir).
-    `old` is a previous spelling kept as a deprecated alias."""
-    parser.add_argument("--out", default=None, metavar="DIR", help=help)
-    if old:
-        parser.add_argument(old, dest="out", action=_DeprecatedAlias, help=argparse.SUPPRESS)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="echo-nemo",
@@ -73,19 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    patches.defer_megatron_compile()  # before any command imports megatron-core
     # megatron-core warns at import that apex / Transformer Engine are absent (expected
     # on CPU) and about its own deprecations: noise in every command's output.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"megatron\.")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(megatron|torch\.distributed)\.")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)  # key=value overrides anywhere on the line
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT if args.command is None else 0
     try:
-        keep_freed_memory()  # before the first tensor: every step reuses the last one's memory
-        cpu_kernels.choice()  # a misspelt $ECHO_NEMO_CPU_KERNELS fails now, not at the first rollout
+        cpu.apply()  # the CPU speed layer, before the first tensor (a misspelt switch exits 2 now)
         # pretrain and rl stop on SLURM's signals after a step, save and exit 75 (echo_nemo.preempt).
         # Caught for the whole command, not only inside their loops: a signal during set-up
         # stops the run at its first step, and one after the last step (final save,

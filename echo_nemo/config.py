@@ -19,6 +19,7 @@ import difflib
 import importlib
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,7 +66,7 @@ class ParallelConfig:
 
     def build(self, seed: int):
         """Initialise process groups for this layout (see echo_nemo.distributed)."""
-        from echo_nemo import distributed as D
+        from echo_nemo import distributed as D  # torch: only commands that start processes load it
 
         return D.init_distributed(tp=self.tp, seed=seed)
 
@@ -129,8 +130,6 @@ def _expand_defaults(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str,
 
 def _valid_keys(schema: type, dotted: str) -> list[str]:
     """Valid keys at the level of `dotted` in the schema (for 'did you mean')."""
-    import typing
-
     cls: Any = schema
     for part in dotted.split(".")[:-1]:
         if not dataclasses.is_dataclass(cls):

@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.config import load_recipe, schema_for_recipe, to_yaml
 
     cfg = load_recipe(schema_for_recipe(args.recipe), args.recipe, args.overrides)

@@ -1,25 +1,11 @@
-"""Process groups, tensor/data parallel init, and megatron-core's CPU compatibility.
+"""Process groups: tensor/data parallel init and the rank queries every layer asks.
 
-This is the only module that patches megatron-core or torch (besides one wrap that must
-precede any megatron import: `echo_nemo/__init__.py` makes megatron's torch.compile'd
-kernels compile at their first call, not at import). The patches are applied by
-`init_distributed` (or `apply_cpu_patches`) and only when CUDA is absent:
+`init_distributed` applies megatron-core's CPU patches when CUDA is absent
+(echo_nemo.patches.megatron_on_cpu). Collectives live in echo_nemo.parallel.
 
-- `torch.cuda.current_device()` is called by RoPE and attention to place buffers:
-  on CPU it answers "cpu".
-- `torch.cuda.synchronize()` is called by dist-checkpointing: a no-op on CPU.
-- megatron's RNG tracker forks CUDA generator states (used by embeddings and
-  attention even with dropout 0): a CPU tracker forks `torch.get_rng_state()`.
-- the unfused softmax builds its default causal mask with device="cuda": the same
-  mask is built on CPU.
-- dist-checkpointing's writer collects results through a spawn-context Manager queue
-  (a fresh interpreter that re-imports `__main__`, 2-4 s per process). Our saves are
-  synchronous, so the queue is only used inside the saving process: a plain
-  `queue.Queue` does the same job.
-
-One patch is for speed on any device, applied by the rollout sampler:
-`patch_static_kv_rope` caches keys already rotated instead of re-rotating the whole
-KV cache at every decode step.
+megatron-core is imported inside the functions that use it, not at the top: the launcher
+checks (`detect_env`) run without it, and ranks started by `run_distributed` install the
+import hook of echo_nemo.patches before anything loads megatron.
 
 Launchers: torchrun (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*), srun (SLURM_PROCID,
 SLURM_NTASKS, SLURM_LOCALID, first host of SLURM_JOB_NODELIST), or a plain single
@@ -28,132 +14,22 @@ process (a 1-rank gloo group on a free local port).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
+import functools
+import importlib
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
+from echo_nemo import patches, speed
 from echo_nemo.errors import UserError
 from echo_nemo.net import free_port
-
-_CPU_PATCHED = False
-
-
-# ----------------------------------------------------------------------------- CPU patches
-def _cpu_rng_tracker_class() -> type:
-    from megatron.core.tensor_parallel.random import CudaRNGStatesTracker
-
-    class CpuRNGStatesTracker(CudaRNGStatesTracker):
-        """megatron's tracker API over CPU generator states."""
-
-        def add(self, name: str, seed: int) -> None:
-            self._is_initialized = True
-            if seed in self.seeds_:
-                raise Exception(f"seed {seed} already exists")
-            if name in self.states_:
-                raise Exception(f"rng state {name} already exists")
-            self.seeds_.add(seed)
-            self.states_[name] = torch.Generator().manual_seed(seed).get_state()
-
-        @contextlib.contextmanager
-        def fork(self, name: str = "model-parallel-rng") -> Iterator[None]:
-            if name not in self.states_:
-                raise Exception(f"rng state {name} is not added")
-            orig = torch.get_rng_state()
-            torch.set_rng_state(self.states_[name])
-            try:
-                yield
-            finally:
-                self.states_[name] = torch.get_rng_state()
-                torch.set_rng_state(orig)
-
-    return CpuRNGStatesTracker
-
-
-def _cpu_model_parallel_seed(seed: int, *args: Any, **kwargs: Any) -> None:
-    """CPU stand-in for megatron's `model_parallel_cuda_manual_seed` (same seeds)."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import random as mrandom
-
-    tracker = _cpu_rng_tracker_class()()
-    mrandom._CUDA_RNG_STATE_TRACKER = tracker
-    mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
-    tp_rank = ps.get_tensor_model_parallel_rank() if ps.model_parallel_is_initialized() else 0
-    tracker.add("data-parallel-rng", seed)
-    tracker.add("model-parallel-rng", seed + 2718 + tp_rank)
-    tracker.add("expert-parallel-rng", seed + 1024)
-
-
-def apply_cpu_patches() -> None:
-    """Make megatron-core run on CPU. Idempotent; does nothing when CUDA is present."""
-    global _CPU_PATCHED
-    if _CPU_PATCHED or torch.cuda.is_available():
-        return
-    from megatron.core import tensor_parallel
-    from megatron.core.fusions import fused_softmax
-    from megatron.core.tensor_parallel import random as mrandom
-    from megatron.core.transformer import utils as mutils
-
-    def cpu_causal_mask(sq: int) -> torch.Tensor:
-        return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
-
-    mutils.get_default_causal_mask = cpu_causal_mask
-    fused_softmax.get_default_causal_mask = cpu_causal_mask
-    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
-    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
-    import queue
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-
-    filesystem_async._results_queue = queue.Queue()
-    mrandom.model_parallel_cuda_manual_seed = _cpu_model_parallel_seed
-    tensor_parallel.model_parallel_cuda_manual_seed = _cpu_model_parallel_seed
-    _CPU_PATCHED = True
-
-
-_ROPE_PATCHED = False
-MEGATRON_ADJUST_KV = None  # megatron's own Attention._adjust_key_value_for_inference (tests compare)
-
-
-def patch_static_kv_rope() -> None:
-    """Cache rotated keys in megatron's static-batching KV cache. Idempotent; CPU and GPU.
-
-    Without flash-decode kernels (CPU, or GPUs without flash-attn) megatron stores the
-    keys un-rotated and re-applies RoPE to the whole cached prefix at every decode step:
-    O(length) extra elementwise work per token and layer, about a third of the decode
-    time of the tiny model on CPU. RoPE is position-wise, so rotating each key once at
-    its own positions before it is cached gives bit-identical keys (tested); the key
-    embedding is then dropped from `rotary_pos_emb`, as megatron's dynamic-batching path
-    does after it has rotated keys itself.
-    """
-    global _ROPE_PATCHED, MEGATRON_ADJUST_KV
-    if _ROPE_PATCHED:
-        return
-    from megatron.core.transformer import attention as mattn
-
-    original = MEGATRON_ADJUST_KV = mattn.Attention._adjust_key_value_for_inference
-
-    def adjust(self, inference_context, query, key, value, rotary_pos_emb, *args, **kwargs):
-        if (inference_context is None or rotary_pos_emb is None or self.config.flash_decode
-                or not inference_context.is_static_batching()):
-            return original(self, inference_context, query, key, value, rotary_pos_emb, *args, **kwargs)
-        q_pos_emb, k_pos_emb = rotary_pos_emb
-        start = inference_context.sequence_len_offset
-        key = mattn.apply_rotary_pos_emb(  # exactly the call Attention.forward would make later
-            key, k_pos_emb[start : start + key.size(0)], config=self.config,
-            mscale=mattn._yarn_get_concentration_factor_from_config(self.config), cp_group=self.pg_collection.cp)
-        query, key, value, rotary_pos_emb, mask_type, block_table = original(
-            self, inference_context, query, key, value, rotary_pos_emb, *args, **kwargs)
-        return query, key, value, (rotary_pos_emb[0], None), mask_type, block_table
-
-    mattn.Attention._adjust_key_value_for_inference = adjust
-    _ROPE_PATCHED = True
 
 
 # ----------------------------------------------------------------------------- init
@@ -228,7 +104,7 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_min: in
         )
     cuda = torch.cuda.is_available()
     if not cuda:
-        apply_cpu_patches()
+        patches.megatron_on_cpu()
     else:
         torch.cuda.set_device(env.local_rank % torch.cuda.device_count())
     if not dist.is_initialized():
@@ -304,7 +180,11 @@ def barrier() -> None:
 
 
 # ----------------------------------------------------------------------------- testing
-def _spawn_entry(local_rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+def _spawn_entry(local_rank: int, world_size: int, port: int, installed: tuple, fn_ref: tuple[str, str],
+                 args: tuple) -> None:
+    patches.defer_megatron_compile()  # before `fn`'s module imports megatron
+    speed.restore(installed)  # the parent's speed layer (echo_nemo.cpu when it applied it)
+    fn = functools.reduce(getattr, fn_ref[1].split("."), importlib.import_module(fn_ref[0]))
     os.environ.update(
         RANK=str(local_rank),
         WORLD_SIZE=str(world_size),
@@ -323,15 +203,14 @@ def run_distributed(fn: Callable, world_size: int, *args: Any) -> None:
     """Run `fn(*args)` in `world_size` fresh processes wired as a gloo group.
 
     Each process sees torchrun-style environment variables, so `fn` calls
-    `init_distributed(tp=...)` exactly as real code does. A failure in any rank raises.
+    `init_distributed(tp=...)` exactly as real code does, and gets the speed layer this
+    process installed (echo_nemo.speed). A failure in any rank raises.
     """
-    import torch.multiprocessing as mp
-
     for attempt in range(3):
         try:
             mp.start_processes(
                 _spawn_entry,
-                args=(world_size, free_port(), fn, args),
+                args=(world_size, free_port(), speed.snapshot(), (fn.__module__, fn.__qualname__), args),
                 nprocs=world_size,
                 join=True,
                 start_method="spawn",

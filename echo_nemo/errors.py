@@ -7,6 +7,8 @@ Bugs stay ordinary exceptions so they keep their tracebacks.
 
 from __future__ import annotations
 
+import os
+
 EXIT_BAD_INPUT = 2
 
 
@@ -16,8 +18,6 @@ class UserError(Exception):
 
 def require_file(path: str, what: str) -> str:
     """Return `path` if it is an existing file, else raise a UserError naming `what`."""
-    import os
-
     if not os.path.isfile(path):
         raise UserError(f"{what} not found: {path!r} (expected an existing file)")
     return path
@@ -25,8 +25,6 @@ def require_file(path: str, what: str) -> str:
 
 def require_dir(path: str, what: str) -> str:
     """Return `path` if it is an existing directory, else raise a UserError naming `what`."""
-    import os
-
     if not os.path.isdir(path):
         raise UserError(f"{what} not found: {path!r} (expected an existing directory)")
     return path

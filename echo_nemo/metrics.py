@@ -24,7 +24,7 @@ class MetricsLogger:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
             if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional, and heavy
 
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
 

@@ -1,5 +1,6 @@
-"""Gradient plumbing shared by every trainer: data-parallel averaging, the TP-aware global
-grad norm and clip, and TP broadcasts. Pretraining, RL (policy and critic) and Expert
+"""Every collective the package runs, in one place: data-parallel gradient averaging, the
+TP-aware global grad norm and clip, TP broadcasts, all-reduces and gathers, and the DP mean
+of metrics. Pretraining, RL (policy and critic) and Expert
 Iteration's SFT all call `reduce_and_clip` between backward and the optimizer step, so
 the same recipe takes the same update at every TP / DP size.
 
@@ -17,7 +18,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
-from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
+from megatron.core.tensor_parallel import (
+    gather_from_tensor_model_parallel_region,
+    param_is_not_tensor_parallel_duplicate,
+)
 
 from echo_nemo import distributed as D
 
@@ -106,6 +110,22 @@ def broadcast_tensor_tp(t: torch.Tensor) -> torch.Tensor:
     if D.tp_size() > 1:
         dist.broadcast(t, src=ps.get_tensor_model_parallel_src_rank(), group=ps.get_tensor_model_parallel_group())
     return t
+
+
+def all_reduce_tp(t: torch.Tensor) -> torch.Tensor:
+    """The sum of `t` over its TP group, in place (contiguous `t`; not differentiable: the
+    training forward uses megatron's autograd-aware mappings instead)."""
+    if D.tp_size() > 1:
+        dist.all_reduce(t, group=ps.get_tensor_model_parallel_group())
+    return t
+
+
+def gather_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits from vocab-parallel ones: the TP ranks' shards concatenated
+    along the last dimension (identity at TP=1); differentiable."""
+    if D.tp_size() == 1:
+        return logits
+    return gather_from_tensor_model_parallel_region(logits)
 
 
 def gather_tp_param(tensor: torch.Tensor, param: torch.Tensor | None = None) -> torch.Tensor:

@@ -110,6 +110,7 @@ def stop_requested() -> str | None:
     point of every step. A warning signal (USR1/USR2) wins over SIGTERM: it asks for a
     requeue.
     """
+    # torch: loaded by the commands that train, not by every command that imports this module
     import torch
     import torch.distributed as dist
 

@@ -21,6 +21,7 @@ and the byte-level alphabet makes ``decode(encode(x)) == x`` for any text.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,9 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from echo_nemo import env
 from echo_nemo.errors import UserError
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "tokenizer"
@@ -103,7 +107,7 @@ def looks_like_hub_id(name: str) -> bool:
 
 def _hub_folder(repo_id: str) -> Path:
     """The snapshot folder holding `repo_id`'s tokenizer files (the local hub cache first)."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # a hub id only
 
     hint = (f"If this machine is offline or the repository is gated (Llama-2 needs its license "
             f"accepted and `huggingface-cli login`), download the tokenizer where you can, e.g. "
@@ -125,14 +129,12 @@ def _hub_folder(repo_id: str) -> Path:
 def _converted_folder(directory: Path) -> Path:
     """tokenizer.json made by transformers from a slow (e.g. SentencePiece) tokenizer folder,
     cached under $ECHO_NEMO_CACHE (default ~/.cache/echo-nemo) by the folder's path."""
-    import hashlib
-
-    cache = Path(os.environ.get("ECHO_NEMO_CACHE", Path.home() / ".cache" / "echo-nemo"))
+    cache = env.cache_dir()
     out = cache / "tokenizers" / hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
     if (out / "tokenizer.json").is_file():
         return out
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # optional, and seconds to import
 
         fast = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
         backend = fast.backend_tokenizer
@@ -166,8 +168,6 @@ def resolve_tokenizer(spec: str | os.PathLike | None) -> Path:
 
 def load_tokenizer(path: str | os.PathLike | None = None) -> EchoTokenizer:
     """Load the default tokenizer (None), a folder / tokenizer.json file, or a hub id."""
-    from tokenizers import Tokenizer
-
     file = resolve_tokenizer(path)
     if not file.is_file():
         raise UserError(f"tokenizer not found: {str(file)!r} (expected a folder with tokenizer.json)")
@@ -195,8 +195,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.Pat
     Llama-style specials: ``specials=("<unk>", "<s>", "</s>"), eos_token="</s>"``.
     `split_digits=False` lets numbers merge (more distinct words: a small corpus then
     fills a large vocabulary)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     if vocab_size < 300:
         raise UserError(f"vocab_size must be >= 300 (256 bytes + merges), got {vocab_size}")
     tok = Tokenizer(models.BPE())

@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 from shared_helpers import SHARED_DATA, run_cli, shared_texts
 
+from echo_nemo import cpu, patches
+
+# what every echo-nemo command does at start-up (echo_nemo.cli), for the model code tests
+# run in this process (and in the ranks echo_nemo.distributed.run_distributed starts)
+patches.defer_megatron_compile()
+cpu.use_kernels()
+
 # The suite runs under pytest-xdist (pyproject's addopts: one worker per core, at most 4).
 # Each worker gets its share of the cores as torch threads, inherited by the CLI processes
 # it starts: torch on every core next to other CPU load slows down many times over.
@@ -46,8 +53,8 @@ def cli():
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests cleanly when CUDA is absent. Under xdist, a module's tests stay on
     one worker (its module-scoped runs are made once), the `slurm` tests together (they
-    share one session-wide cluster), and modules with `slow` tests are handed out first,
-    so that no worker is left with a long test at the end."""
+    share one session-wide cluster), and modules with `long` or `slow` tests are handed out
+    first, so that no worker is left with a long test at the end."""
     try:
         import torch
 
@@ -61,5 +68,5 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
         group[item] = "slurm" if "slurm" in item.keywords else item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group[item]))
-    slow = {group[item] for item in items if "slow" in item.keywords}
-    items.sort(key=lambda item: group[item] not in slow)  # stable: file order otherwise
+    first = {group[item] for item in items if "long" in item.keywords or "slow" in item.keywords}
+    items.sort(key=lambda item: group[item] not in first)  # stable: file order otherwise

@@ -51,8 +51,8 @@ def needs_cpu_kernels():
 
     import pytest
 
-    from echo_nemo.model import cpu_kernels
+    from echo_nemo.cpu import kernels
 
     missing = not sys.platform.startswith("linux") or shutil.which(os.environ.get("CC", "cc")) is None \
-        or not cpu_kernels._cpu_ok()
+        or not kernels._cpu_ok()
     return pytest.mark.skipif(missing, reason="the CPU kernels need a C compiler and an x86-64 AVX2 CPU")

@@ -21,7 +21,8 @@ def _loss_and_grads(tp: int, out_path: str, split: str = "") -> None:
 
     from echo_nemo import distributed as d
     from echo_nemo import parallel as P
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.forward import causal_forward
 
     d.init_distributed(tp=tp, seed=1234)
     model = build_gpt(ModelConfig(scale="debug", seq_length=SEQ), vocab_size=VOCAB)

@@ -68,7 +68,7 @@ def test_paper_recipes_end_to_end_at_the_150m_shape(cli, tmp_path, tokenizer_32k
 import torch
 from transformers import AutoModelForCausalLM
 from echo_nemo.checkpoint import load_model_for_inference
-from echo_nemo.model.build import causal_forward
+from echo_nemo.model.forward import causal_forward
 ours, tok, cfg = load_model_for_inference({str(pre)!r}, tp=1)
 ids = torch.tensor([tok.encode("Natalia sold clips to 48 of her friends.")])
 theirs = AutoModelForCausalLM.from_pretrained({str(hf)!r}, torch_dtype=torch.float32).eval()

@@ -32,7 +32,7 @@ def test_summarize_checks_the_claim():
     assert s["after"]["dominant_format"] == "text"
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_smoke_quickstart_end_to_end(tmp_path, cli):
     out = tmp_path / "qs"
     r = cli("quickstart", "--budget", "smoke", "--out", out, "--seed", "3", timeout=900)

@@ -45,8 +45,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from echo_nemo.data.config import DataRecipe, SourceSpec
 from echo_nemo.data.loader import FORMAT, MANIFEST, read_manifest, sha256_file
@@ -58,8 +60,10 @@ from echo_nemo.data.shards import (
     recipe_fingerprint,
     write_shard,
 )
+from echo_nemo.data.sources import source_items, source_rows
 from echo_nemo.data.streams import BAD_KINDS, RowSource
 from echo_nemo.errors import UserError
+from echo_nemo.tokenizer import load_tokenizer
 
 STATE_DIR = ".build"
 # A tokenizer task: up to 1024 documents or 1M characters (larger tasks mean fewer
@@ -100,8 +104,6 @@ def _bad(recipe: DataRecipe, spec: SourceSpec, where: str, message: str) -> None
 def _count_part(args: tuple) -> tuple[int, tuple | None]:
     """Documents in one part of a source (RowSource.rows) and its first bad row
     (ordinal, where, message), in a counting process."""
-    from echo_nemo.data.sources import source_items
-
     spec, echolab, rows, part = args
     n, bad = 0, None
     for i, item in enumerate(source_items(spec, echolab, rows=rows, part=part)):
@@ -118,10 +120,6 @@ def _count(recipe: DataRecipe, spec: SourceSpec, rows: RowSource | None, log) ->
     With several workers and local files (no `limit`, which stops early), the workers count
     interleaved parts of the rows at once: parsing is the cost, and the counting pass runs
     before any tokenizing, so it would otherwise leave all but one core idle."""
-    from tqdm import tqdm
-
-    from echo_nemo.data.sources import source_items
-
     if rows is None:  # echo-lab: the config says how many
         n = recipe.echolab.num_background if spec.name == "echo_fm3" else recipe.echolab.num_problems
         return min(n, spec.limit) if spec.limit else n
@@ -152,8 +150,6 @@ def _count(recipe: DataRecipe, spec: SourceSpec, rows: RowSource | None, log) ->
 def plan_sources(recipe: DataRecipe, log, counts: list[int] | None = None) -> list[SourcePlan]:  # noqa: ANN001
     """Each source's plan; `counts` (documents per source, from a resumed build's state)
     skips the counting pass."""
-    from echo_nemo.data.sources import source_rows
-
     plans = []
     for i, spec in enumerate(recipe.sources):
         rows = source_rows(spec)
@@ -168,8 +164,6 @@ def plan_sources(recipe: DataRecipe, log, counts: list[int] | None = None) -> li
 def _picks(recipe: DataRecipe, plan: SourcePlan, r: Reader) -> Iterator[tuple[str, bool]]:
     """(text, first time this document is used) of one source's picks from reader `r` on;
     `r` is advanced before each yield, so it always says where the next pick starts."""
-    from echo_nemo.data.sources import source_items
-
     while r.copy < plan.full + (plan.mask is not None):
         subsample = r.copy == plan.full
         for item in source_items(plan.spec, recipe.echolab, start=r.row, rows=plan.rows):
@@ -299,85 +293,160 @@ def _block_rows(recipe: DataRecipe, block: int, flat: np.ndarray, lengths: np.nd
 
 def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None, force: bool = False,
                  log=print) -> dict:  # noqa: ANN001
-    """Build (or confirm up to date, or resume) the shards of `recipe`; returns the manifest."""
-    from tqdm import tqdm
+    """Build (or confirm up to date, or resume) the shards of `recipe`; returns the manifest.
 
-    from echo_nemo.tokenizer import load_tokenizer
-
+    Phases: the up-to-date check, the build state (resumed or fresh), the source plans,
+    the stream through the tokenizer processes into shards, the manifest."""
     t0 = time.perf_counter()
     recipe.validate()
     out = Path(output_dir or recipe.output_dir)
     tok = load_tokenizer(recipe.tokenizer)
     fingerprint = recipe_fingerprint(recipe, os.path.join(tok.path, "tokenizer.json"))
-    if not force and (out / MANIFEST).is_file():
-        try:
-            old = read_manifest(out)
-        except UserError:
-            old = {}
-        if old.get("fingerprint") == fingerprint:
-            log(f"{out} is up to date ({old['num_sequences']} sequences); use --force to rebuild")
-            return old
-
-    state = _State(out, fingerprint)
-    resumed = not force and state.load() and state.data["checkpoint"] is not None
-    if not resumed:  # a fresh build: nothing of an older one may survive (readers refuse the folder)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MANIFEST).unlink(missing_ok=True)
-        for stale in list(out.glob("shard-*.tar")) + list(out.glob("*.tmp")):
-            stale.unlink()
-        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-        shutil.rmtree(out / "tokenizer", ignore_errors=True)
-        state = _State(out, fingerprint)
+    old = None if force else _up_to_date(out, fingerprint)
+    if old is not None:
+        log(f"{out} is up to date ({old['num_sequences']} sequences); use --force to rebuild")
+        return old
+    state, resumed = _open_state(out, fingerprint, force)
     plans = plan_sources(recipe, log, state.data.get("counts") if resumed else None)
     state.data["counts"] = [p.n for p in plans]
     tok_dir = _copy_tokenizer(tok, out)
-
-    width, per = recipe.seq_length + 1, recipe.sequences_per_shard
     dtype = np.uint16 if tok.vocab_size <= 65535 else np.uint32
-    k = len(plans)
-    ck = state.data["checkpoint"] if resumed else None
-    if ck:
-        readers = [Reader(**r) for r in ck["readers"]]
-        tokens, docs, unique = (np.asarray(ck[key], dtype=np.int64) for key in ("tokens", "documents", "unique"))
-        block, rows_done, padding = ck["block"], ck["rows"], ck["padding"]
-        pending, tail = state.arrays()
-        log(f"resuming {out} at block {block}: {len(state.data['shards'])} shards already written")
-    else:
-        readers = [Reader() for _ in plans]
+    run = _Run.start(recipe, len(plans), state, resumed, dtype)
+    if resumed:
+        log(f"resuming {out} at block {run.block}: {len(run.entries)} shards already written")
+    bad = _stream_into_shards(recipe, plans, run, tok_dir, tok.eos_id)
+    run.finish(recipe)
+    manifest = _manifest(recipe, tok, tok_dir, fingerprint, plans, run, bad)
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    log(f"wrote {len(run.entries)} shards, {run.rows_done} sequences of {recipe.seq_length + 1} tokens to {out} "
+        f"in {time.perf_counter() - t0:.1f} s")
+    return manifest
+
+
+def _up_to_date(out: Path, fingerprint: str) -> dict | None:
+    """The manifest of a finished build of the same content in `out`, else None."""
+    if not (out / MANIFEST).is_file():
+        return None
+    try:
+        old = read_manifest(out)
+    except UserError:
+        return None
+    return old if old.get("fingerprint") == fingerprint else None
+
+
+def _open_state(out: Path, fingerprint: str, force: bool) -> tuple[_State, bool]:
+    """(the build state, whether it resumes an interrupted build of the same content). A
+    fresh build first removes everything of an older one (readers refuse the folder)."""
+    state = _State(out, fingerprint)
+    if not force and state.load() and state.data["checkpoint"] is not None:
+        return state, True
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    for stale in list(out.glob("shard-*.tar")) + list(out.glob("*.tmp")):
+        stale.unlink()
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    shutil.rmtree(out / "tokenizer", ignore_errors=True)
+    return _State(out, fingerprint), False
+
+
+@dataclass
+class _Run:
+    """Where a build stands: the readers, per-source counters, the current block, and rows
+    on their way into shard files (`pending`: fewer than one shard's rows; `entries`: the
+    manifest entries of the shards written, the same list the build state saves)."""
+
+    state: _State
+    per: int  # sequences per shard
+    dtype: type
+    readers: list[Reader]
+    tokens: np.ndarray  # per source
+    docs: np.ndarray
+    unique: np.ndarray
+    block: int
+    rows_done: int
+    padding: int
+    pending: np.ndarray
+    tail: np.ndarray  # concat: the tokens cut off the last block, carried into the next
+    bar: Any = None  # the progress bar: told which shard is being written
+
+    @classmethod
+    def start(cls, recipe: DataRecipe, k: int, state: _State, resumed: bool, dtype: type) -> _Run:
+        """From the state's last block checkpoint, or from nothing."""
+        per, width = recipe.sequences_per_shard, recipe.seq_length + 1
+        ck = state.data["checkpoint"] if resumed else None
+        if ck:
+            tokens, docs, unique = (np.asarray(ck[key], dtype=np.int64) for key in ("tokens", "documents", "unique"))
+            pending, tail = state.arrays()
+            return cls(state, per, dtype, [Reader(**r) for r in ck["readers"]], tokens, docs, unique,
+                       ck["block"], ck["rows"], ck["padding"], pending, tail)
         tokens, docs, unique = (np.zeros(k, dtype=np.int64) for _ in range(3))
-        block, rows_done, padding = 0, 0, 0
-        pending, tail = np.zeros((0, width), dtype), np.zeros(0, dtype)
-    entries: list[dict] = state.data["shards"]
+        return cls(state, per, dtype, [Reader() for _ in range(k)], tokens, docs, unique, 0, 0, 0,
+                   np.zeros((0, width), dtype), np.zeros(0, dtype))
 
-    def emit(rows: np.ndarray) -> None:  # rows -> pending -> full shards
-        nonlocal pending, rows_done
-        pending = np.concatenate([pending, rows.astype(dtype)])
-        while len(pending) >= per:
-            _write(pending[:per])
-            pending = pending[per:]
+    @property
+    def entries(self) -> list[dict]:
+        return self.state.data["shards"]
 
-    def _write(rows: np.ndarray) -> None:
-        nonlocal rows_done
-        s = rows_done // per
-        path = out / f"shard-{s:05d}.tar"
-        if s < len(entries) and path.is_file() and path.stat().st_size == entries[s]["bytes"]:
-            pass  # written before the interrupted build stopped; the same rows by construction
-        else:
-            bar.set_postfix_str(f"writing shard {s}", refresh=True)
-            del entries[s:]
-            entries.append(write_shard(path, rows, rows_done))
-            state.save()
-        rows_done += len(rows)
+    def emit(self, rows: np.ndarray) -> None:
+        """rows -> pending -> full shards."""
+        self.pending = np.concatenate([self.pending, rows.astype(self.dtype)])
+        while len(self.pending) >= self.per:
+            self.write(self.pending[: self.per])
+            self.pending = self.pending[self.per:]
 
+    def write(self, rows: np.ndarray) -> None:
+        """The next shard, unless the interrupted build this one resumes wrote it already
+        (the same rows by construction)."""
+        s = self.rows_done // self.per
+        path = self.state.dir.parent / f"shard-{s:05d}.tar"
+        if not (s < len(self.entries) and path.is_file() and path.stat().st_size == self.entries[s]["bytes"]):
+            self.bar.set_postfix_str(f"writing shard {s}", refresh=True)
+            del self.entries[s:]
+            self.entries.append(write_shard(path, rows, self.rows_done))
+            self.state.save()
+        self.rows_done += len(rows)
+
+    def pack(self, recipe: DataRecipe, block: int, chunks: list, eos: int) -> None:
+        """Shuffle and pack one block's tokenized chunks into rows and emit them."""
+        self.bar.set_postfix_str(f"shuffle + pack block {block}", refresh=True)
+        rows, self.tail, pad = _block_rows(recipe, block, *map(np.concatenate, zip(*chunks)), self.tail, eos)
+        self.padding += pad
+        self.emit(rows)
+
+    def checkpoint(self, block: int, snapshot: list[dict]) -> None:
+        self.state.checkpoint({"block": block, "readers": snapshot, "tokens": self.tokens.tolist(),
+                               "documents": self.docs.tolist(), "unique": self.unique.tolist(),
+                               "rows": self.rows_done, "padding": self.padding}, self.pending, self.tail)
+
+    def finish(self, recipe: DataRecipe) -> None:
+        """The last, partial shard; shards beyond the end (of a longer earlier build) forgotten."""
+        if len(self.pending):
+            self.write(self.pending)
+        if self.rows_done == 0:
+            raise UserError(f"data recipe {recipe.name!r}: the mixture has {len(self.tail)} tokens, fewer than "
+                            f"one sequence of seq_length + 1 = {recipe.seq_length + 1}; add documents or lower "
+                            f"seq_length")
+        del self.entries[-(-self.rows_done // self.per):]
+
+
+def _stream_into_shards(recipe: DataRecipe, plans: list[SourcePlan], run: _Run, tok_dir: Path, eos: int
+                        ) -> list[dict[str, int]]:
+    """Tokenize the mixture chunk by chunk, pack each block and write its shards, with a
+    checkpoint after each block; returns each source's bad-row counts: all of them once the
+    sources are read to the end; for a --max-tokens prefix, those before the chunk it
+    stopped in (where reading stood then, whatever ran ahead)."""
     total_picks = sum(p.total for p in plans)
-    picked = sum(r.picks for r in readers)
-    made = int(tokens.sum())
-    bar = tqdm(desc=f"build {recipe.name}", unit="tok", unit_scale=True, mininterval=0.5,
-               total=recipe.max_tokens, initial=made, smoothing=0.1)
+    picked = sum(r.picks for r in run.readers)
+    made = int(run.tokens.sum())
+    run.bar = tqdm(desc=f"build {recipe.name}", unit="tok", unit_scale=True, mininterval=0.5,
+                   total=recipe.max_tokens, initial=made, smoothing=0.1)
     chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     stopped = False
     with Workers(recipe.num_workers, str(tok_dir)) as workers:
-        stream = _mixture(recipe, plans, readers, block)
+        stream = _mixture(recipe, plans, run.readers, run.block)
         for (b, _, srcs, firsts, snapshot, ends), (flat, lengths) in workers.map_ordered(encode_chunk, stream):
             srcs_a = np.asarray(srcs, dtype=np.int32)
             if recipe.max_tokens is not None and made + int(lengths.sum()) >= recipe.max_tokens:
@@ -385,45 +454,36 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
                 keep = int(np.searchsorted(np.cumsum(lengths), recipe.max_tokens - made)) + 1
                 flat, lengths = flat[: int(lengths[:keep].sum())], lengths[:keep]
                 srcs_a, firsts, stopped = srcs_a[:keep], firsts[:keep], True
-            np.add.at(tokens, srcs_a, lengths.astype(np.int64))
-            np.add.at(docs, srcs_a, 1)
-            np.add.at(unique, srcs_a[np.asarray(firsts, dtype=bool)], 1)
+            np.add.at(run.tokens, srcs_a, lengths.astype(np.int64))
+            np.add.at(run.docs, srcs_a, 1)
+            np.add.at(run.unique, srcs_a[np.asarray(firsts, dtype=bool)], 1)
             picked += len(lengths)
             made += int(lengths.sum())
             chunks.append((flat, lengths, srcs_a))
             if recipe.max_tokens is None and picked:  # the ETA of the whole mixture, by documents
-                bar.total = int(made / picked * total_picks)
-            bar.update(int(lengths.sum()))
+                run.bar.total = int(made / picked * total_picks)
+            run.bar.update(int(lengths.sum()))
             if not ends and not stopped:
                 continue
-            bar.set_postfix_str(f"shuffle + pack block {b}", refresh=True)
-            rows, tail, pad = _block_rows(recipe, b, *map(np.concatenate, zip(*chunks)), tail, tok.eos_id)
-            chunks, padding = [], padding + pad
-            emit(rows)
-            bar.set_postfix_str(f"{rows_done // per} shards written", refresh=True)
+            run.pack(recipe, b, chunks, eos)
+            chunks = []
+            run.bar.set_postfix_str(f"{run.rows_done // run.per} shards written", refresh=True)
             if stopped:
                 break
-            state.checkpoint({"block": b + 1, "readers": snapshot, "tokens": tokens.tolist(),
-                              "documents": docs.tolist(), "unique": unique.tolist(),
-                              "rows": rows_done, "padding": padding}, pending, tail)
+            run.checkpoint(b + 1, snapshot)
         if chunks:  # the last, partial block
-            bar.set_postfix_str(f"shuffle + pack block {b}", refresh=True)
-            rows, tail, pad = _block_rows(recipe, b, *map(np.concatenate, zip(*chunks)), tail, tok.eos_id)
-            padding += pad
-            emit(rows)
-    bar.close()
-    if len(pending):
-        _write(pending)
-    if rows_done == 0:
-        raise UserError(f"data recipe {recipe.name!r}: the mixture has {len(tail)} tokens, fewer than one "
-                        f"sequence of seq_length + 1 = {width}; add documents or lower seq_length")
-    del entries[-(-rows_done // per):]
+            run.pack(recipe, b, chunks, eos)
+    run.bar.close()
+    return [r["bad"] for r in snapshot] if stopped else [r.bad for r in run.readers]
 
-    # bad rows: all of them once the sources are read to the end; for a --max-tokens prefix,
-    # those before the chunk it stopped in (where reading stood then, whatever ran ahead)
-    bad = [r["bad"] for r in snapshot] if stopped else [r.bad for r in readers]
-    shares = source_shares(tokens.tolist())
-    manifest = {
+
+def _manifest(recipe: DataRecipe, tok, tok_dir: Path, fingerprint: str, plans: list[SourcePlan],  # noqa: ANN001
+              run: _Run, bad: list[dict[str, int]]) -> dict:
+    """manifest.json: the shards, their format and tokenizer, and per-source documents,
+    tokens, shares and bad rows."""
+    width = recipe.seq_length + 1
+    shares = source_shares(run.tokens.tolist())
+    return {
         "format": FORMAT,
         "name": recipe.name,
         "seq_length": recipe.seq_length,
@@ -432,29 +492,21 @@ def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None
         "tokenizer": recipe.tokenizer if recipe.tokenizer and not Path(recipe.tokenizer).exists() else tok.path,
         "tokenizer_dir": "tokenizer",
         "tokenizer_sha256": sha256_file(tok_dir / "tokenizer.json"),
-        "dtype": np.dtype(dtype).name,
-        "num_sequences": int(rows_done),
-        "num_tokens": int(rows_done * width),
+        "dtype": np.dtype(run.dtype).name,
+        "num_sequences": int(run.rows_done),
+        "num_tokens": int(run.rows_done * width),
         "packing": recipe.packing,
-        "dropped_tokens": int(len(tail)),
-        "padding_tokens": int(padding),
+        "dropped_tokens": int(len(run.tail)),
+        "padding_tokens": int(run.padding),
         "seed": recipe.seed,
         "shuffle_buffer": recipe.shuffle_buffer,
         "max_tokens": recipe.max_tokens,
         "fingerprint": fingerprint,
         "sources": [
-            {"name": p.spec.name, "repeat": p.spec.repeat, "unique_documents": int(unique[i]),
-             "documents": int(docs[i]), "tokens": int(tokens[i]), "share": shares[i],
+            {"name": p.spec.name, "repeat": p.spec.repeat, "unique_documents": int(run.unique[i]),
+             "documents": int(run.docs[i]), "tokens": int(run.tokens[i]), "share": shares[i],
              "bad_rows": {kind: int(c) for kind, c in bad[i].items()}}
             for i, p in enumerate(plans)
         ],
-        "shards": entries,
+        "shards": run.entries,
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    log(f"wrote {len(entries)} shards, {rows_done} sequences of {width} tokens to {out} "
-        f"in {time.perf_counter() - t0:.1f} s")
-    return manifest
-

@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 
-from echo_nemo.cli import add_out_option
+from echo_nemo.cli_args import add_out_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,9 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.config import load_recipe
+    from echo_nemo.data.build import build_shards
     from echo_nemo.data.config import DataRecipe
-    from echo_nemo.data.shards import build_shards
 
     overrides = list(args.overrides) + ([f"max_tokens={args.max_tokens}"] if args.max_tokens is not None else [])
     recipe = load_recipe(DataRecipe, args.recipe, overrides)
@@ -62,6 +65,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def print_manifest(m: dict) -> None:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from rich.console import Console
     from rich.table import Table
 
@@ -81,8 +85,7 @@ def print_manifest(m: dict) -> None:
 
 
 def _manifest(args: argparse.Namespace) -> int:
-    import json
-
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.data.loader import read_manifest, verify_shards
 
     m = read_manifest(args.shard_dir) if args.no_verify else verify_shards(args.shard_dir)
@@ -94,6 +97,7 @@ def _manifest(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.data.loader import verify_shards
 
     m = verify_shards(args.shard_dir)
@@ -102,6 +106,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _preview(args: argparse.Namespace) -> int:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.data.config import SourceSpec
     from echo_nemo.data.sources import load_documents
 
@@ -111,9 +116,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _problems(args: argparse.Namespace) -> int:
-    import json
-    import os
-
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.data.sources import load_problems
 
     problems = load_problems(args.name, args.path, args.limit)

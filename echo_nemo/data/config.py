@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from echo_nemo.data.catalog import DOCUMENT_SOURCES
 from echo_nemo.errors import UserError
 
 
@@ -32,6 +33,13 @@ class EchoLabConfig:
     # answer is wrong). TinyGSM's solutions were never checked against an answer, while
     # OpenMathInstruct's were filtered by it; 0 renders every format correctly.
     tinygsm_misquote: float = 0.0
+    # Opt-in knobs of the fair corpus (data/echolab_fair.py; the defaults give the corpus
+    # above byte for byte): `steps` writes the text format's arithmetic out step by step,
+    # and a share of each code format's programs carries one wrong operation.
+    text_style: str = "inline"  # inline | steps
+    tinygsm_wrong: float = 0.0
+    llm_code_wrong: float = 0.0
+    wrong_by: str = "document"  # document (random, per program) | template (systematic, per problem type)
 
     def validate(self, where: str = "echolab") -> None:
         if not 1 <= self.min_steps <= self.max_steps <= 5:
@@ -43,6 +51,13 @@ class EchoLabConfig:
             raise UserError(f"{where}.max_number must be >= 5, got {self.max_number}")
         if not 0.0 <= self.tinygsm_misquote <= 1.0:
             raise UserError(f"{where}.tinygsm_misquote must be a share in [0, 1], got {self.tinygsm_misquote}")
+        if self.text_style not in ("inline", "steps"):
+            raise UserError(f"{where}.text_style must be inline or steps, got {self.text_style!r}")
+        if self.wrong_by not in ("document", "template"):
+            raise UserError(f"{where}.wrong_by must be document or template, got {self.wrong_by!r}")
+        for knob in ("tinygsm_wrong", "llm_code_wrong"):
+            if not 0.0 <= getattr(self, knob) <= 1.0:
+                raise UserError(f"{where}.{knob} must be a share in [0, 1], got {getattr(self, knob)}")
         if self.num_problems < 1 or self.num_background < 0:
             raise UserError(f"{where}: num_problems must be >= 1 and num_background >= 0")
 
@@ -95,8 +110,6 @@ class DataRecipe:
     repeats: dict[str, float] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from echo_nemo.data.sources import DOCUMENT_SOURCES
-
         if not self.sources:
             raise UserError(f"data recipe {self.name!r}: `sources` is empty (expected at least one)")
         names = [s.name for s in self.sources]

@@ -17,125 +17,23 @@ Every value is exact: each step is evaluated with ``fractions.Fraction`` and rej
 unless it is a non-negative integer, so the code's float output (``12.0`` after a ``/``)
 is exactly the stated answer. Train and test problems are disjoint by their parameters:
 a problem's key is (template, givens) and a hash of that key decides its split.
+
+The program's building blocks and the template registry are in echolab_program.py, the
+problem types in echolab_templates.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from fractions import Fraction
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+from echo_nemo.data.echolab_program import TEMPLATES, Ctx, Q, Reject, Solution, python_repr
+from echo_nemo.data.echolab_templates import PROSE  # importing it registers the TEMPLATES
 from echo_nemo.reward.formats import FORMATS
 
 TEST_MODULUS = 10  # one parameter key in ten belongs to the test split
-
-
-class Reject(Exception):
-    """The sampled numbers do not give exact non-negative integers: sample again."""
-
-
-# ----------------------------------------------------------------------------- quantities
-_PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
-
-
-@dataclass(frozen=True)
-class Q:
-    """A quantity: exact value, its code (variable names) and math (numbers) spelling."""
-
-    value: Fraction
-    code: str
-    math: str
-    prec: int = 3  # 3 = atom, 2 = product, 1 = sum
-    is_float: bool = False  # Python would hold it as a float (a `/` was involved)
-
-    def _op(self, other: Q | int, op: str, swap: bool = False) -> Q:
-        o = other if isinstance(other, Q) else Q(Fraction(other), str(other), str(other))
-        a, b = (o, self) if swap else (self, o)
-        if op == "+":
-            v = a.value + b.value
-        elif op == "-":
-            v = a.value - b.value
-        elif op == "*":
-            v = a.value * b.value
-        else:
-            if b.value == 0:
-                raise Reject("division by zero")
-            v = a.value / b.value
-        p = _PREC[op]
-        # Left operand needs brackets if it binds looser; the right one also when equal
-        # and the operator is not associative (a - (b - c), a / (b * c)).
-        lpar = a.prec < p
-        rpar = b.prec < p or (b.prec == p and op in "-/")
-        code = f"{_par(a.code, lpar)} {op} {_par(b.code, rpar)}"
-        math = f"{_par(a.math, lpar)} {op} {_par(b.math, rpar)}"
-        return Q(v, code, math, p, a.is_float or b.is_float or op == "/")
-
-    def __add__(self, o: Q | int) -> Q:
-        return self._op(o, "+")
-
-    def __radd__(self, o: int) -> Q:
-        return self._op(o, "+", swap=True)
-
-    def __sub__(self, o: Q | int) -> Q:
-        return self._op(o, "-")
-
-    def __rsub__(self, o: int) -> Q:
-        return self._op(o, "-", swap=True)
-
-    def __mul__(self, o: Q | int) -> Q:
-        return self._op(o, "*")
-
-    def __rmul__(self, o: int) -> Q:
-        return self._op(o, "*", swap=True)
-
-    def __truediv__(self, o: Q | int) -> Q:
-        return self._op(o, "/")
-
-    def __rtruediv__(self, o: int) -> Q:
-        return self._op(o, "/", swap=True)
-
-    def __int__(self) -> int:
-        return int(self.value)
-
-
-def _par(s: str, yes: bool) -> str:
-    return f"({s})" if yes else s
-
-
-def python_repr(value: Fraction, is_float: bool) -> str:
-    """What Python prints for the value: ``12.0`` if it is a float, else ``12``."""
-    return repr(float(value)) if is_float else str(int(value))
-
-
-@dataclass
-class Step:
-    name: str
-    expr: Q
-    text: str  # "The apples cost" -> "The apples cost $3 * 4 = 12$ dollars."
-    unit: str
-
-
-@dataclass
-class Solution:
-    """The program of one problem: givens then steps, each an exact integer."""
-
-    givens: list[tuple[str, int]] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)
-
-    def given(self, name: str, value: int) -> Q:
-        if value < 0:
-            raise Reject(f"negative given {name}")
-        self.givens.append((name, value))
-        return Q(Fraction(value), name, str(value))
-
-    def step(self, name: str, expr: Q, text: str, unit: str = "") -> Q:
-        v = expr.value
-        if v.denominator != 1 or v < 0:
-            raise Reject(f"step {name} = {v} is not a non-negative integer")
-        self.steps.append(Step(name, expr, text, unit))
-        return Q(v, name, str(int(v)), 3, expr.is_float)
 
 
 @dataclass
@@ -231,54 +129,8 @@ def render_text(p: EchoProblem) -> str:
 
 
 # ----------------------------------------------------------------------------- generation
-@dataclass(frozen=True)
-class Ctx:
-    """What a template may draw from: the rng, the number range and the target steps."""
-
-    rng: random.Random
-    max_number: int
-    steps: int
-
-    def num(self, lo: int = 2, hi: int | None = None) -> int:
-        """A number in [lo, min(hi, max_number)] (at least lo)."""
-        top = self.max_number if hi is None else min(hi, self.max_number)
-        return self.rng.randint(lo, max(lo, top))
-
-    def pick(self, seq):  # noqa: ANN001, ANN201 - any sequence
-        return self.rng.choice(seq)
-
-    def sample(self, seq, k: int):  # noqa: ANN001, ANN201
-        return self.rng.sample(list(seq), k)
-
-
-TemplateFn = Callable[[Ctx], tuple[str, Solution, Q, str]]
-
-
-@dataclass(frozen=True)
-class Template:
-    name: str
-    steps: tuple[int, int]  # the range of step counts it can produce
-    fn: TemplateFn
-
-
-TEMPLATES: dict[str, Template] = {}
-
-
-def template(name: str, steps: tuple[int, int] | int) -> Callable[[TemplateFn], TemplateFn]:
-    """Register a problem type that produces `steps` (or a range of) reasoning steps."""
-    rng = (steps, steps) if isinstance(steps, int) else steps
-
-    def deco(fn: TemplateFn) -> TemplateFn:
-        TEMPLATES[name] = Template(name, rng, fn)
-        return fn
-
-    return deco
-
-
 def generate_one(rng: random.Random, steps: int, max_number: int, split: str) -> EchoProblem:
     """One problem with exactly `steps` steps from a template that supports it, in `split`."""
-    from echo_nemo.data import echolab_templates  # noqa: F401  (registers TEMPLATES)
-
     choices = [t for t in TEMPLATES.values() if t.steps[0] <= steps <= t.steps[1]]
     for _ in range(1000):
         t = rng.choice(choices)
@@ -323,7 +175,5 @@ def generate(
 # ----------------------------------------------------------------------------- background prose
 def background_document(rng: random.Random, max_number: int = 20) -> str:
     """A few paragraphs of explanatory math prose (stands in for FineMath)."""
-    from echo_nemo.data.echolab_templates import PROSE
-
     k = rng.randint(2, 3)
     return "\n\n".join(rng.choice(PROSE)(rng, max_number) for _ in range(k))

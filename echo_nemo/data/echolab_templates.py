@@ -1,4 +1,4 @@
-"""The echo-lab problem types (registered into `echolab.TEMPLATES`) and background prose.
+"""The echo-lab problem types (registered into `echolab_program.TEMPLATES`) and background prose.
 
 Each template draws numbers from `ctx`, writes a GSM8K-style question, and builds the
 solution program with `Solution.given` / `Solution.step`. It returns
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from echo_nemo.data.echolab import Ctx, Q, Reject, Solution, template
+from echo_nemo.data.echolab_program import Ctx, Q, Reject, Solution, template
 
 NAMES = [
     ("Sam", "he", "his"), ("Mia", "she", "her"), ("Leo", "he", "his"), ("Ava", "she", "her"),

@@ -76,7 +76,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 def read_shard(shard_dir: str | os.PathLike, entry: dict, manifest: dict, verify: bool = True) -> np.ndarray:
     """All sequences of one shard as an array [sequences, seq_length + 1]; checks the
     sha256 and the shape, raising UserError naming the shard when anything is off."""
-    import webdataset as wds
+    import webdataset as wds  # imports torch (seconds): not paid by a build's manifest reads
 
     path = Path(shard_dir) / entry["name"]
     if verify and sha256_file(path) != entry["sha256"]:
@@ -193,7 +193,7 @@ class ShardLoader:
         return (batch * self.dp_size + self.dp_rank) * self.micro_batch_size + j
 
     def __iter__(self) -> Iterator[Any]:
-        import torch
+        import torch  # the data build imports this module too, and never needs torch
 
         while True:
             rows = [self.sequence_at(self.position_of(self.batches, j)) for j in range(self.micro_batch_size)]

@@ -15,11 +15,13 @@ so a shard that exists is whole.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import io
 import itertools
 import os
+import signal
 import tarfile
 from collections import deque
 from collections.abc import Iterator
@@ -28,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from echo_nemo.config import to_yaml
 from echo_nemo.data.config import DataRecipe
 from echo_nemo.data.loader import sha256_file
+from echo_nemo.tokenizer import load_tokenizer
 
 _WORKER_TOK = None
 
@@ -38,9 +42,6 @@ def _die_with_parent() -> None:
     """Linux: SIGKILL this worker when the build process dies, even by SIGKILL (a pool
     worker would otherwise wait forever on its task queue). Elsewhere: nothing."""
     try:
-        import ctypes
-        import signal
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -51,8 +52,6 @@ def _init_worker(tokenizer_path: str) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _die_with_parent()
     global _WORKER_TOK
-    from echo_nemo.tokenizer import load_tokenizer
-
     _WORKER_TOK = load_tokenizer(tokenizer_path)
 
 
@@ -74,7 +73,9 @@ class Workers:
     """A fork pool of `n` tokenizer processes, or in-process work when n == 1."""
 
     def __init__(self, n: int, tokenizer_path: str) -> None:
-        import webdataset  # noqa: F401  (imported once here, inherited by the forked workers)
+        # webdataset imports torch (seconds): loaded by a build only, once here before the
+        # fork so that the workers inherit it
+        import webdataset  # noqa: F401
 
         self.n = n
         self.pool = get_context("fork").Pool(n, _init_worker, (tokenizer_path,)) if n > 1 else None
@@ -166,7 +167,7 @@ def write_shard(path: Path, rows: np.ndarray, first_index: int) -> dict:
     """Write one tar atomically (temp file, fsync, rename); return its manifest entry.
 
     Each sample is `<index>.tokens.npy`: a standard .npy file of one row."""
-    import webdataset as wds
+    import webdataset as wds  # imports torch (seconds): loaded by a build only
 
     header = _npy_header(rows.dtype, rows.shape[1])
     tmp = path.with_name(path.name + ".tmp")
@@ -183,18 +184,9 @@ def write_shard(path: Path, rows: np.ndarray, first_index: int) -> dict:
 
 def recipe_fingerprint(recipe: DataRecipe, tokenizer_file: str) -> str:
     """Hash of everything that determines the shards' content."""
-    from echo_nemo.config import to_yaml
-
     # where the shards go and how many processes make them do not change their content
     content = dataclasses.replace(recipe, output_dir="", num_workers=1)
     h = hashlib.sha256(to_yaml(content).encode())
     h.update(sha256_file(tokenizer_file).encode())
     return h.hexdigest()
 
-
-def build_shards(recipe: DataRecipe, output_dir: str | os.PathLike | None = None, force: bool = False,
-                 log=print) -> dict:  # noqa: ANN001
-    """See echo_nemo.data.build.build_shards (the streaming builder)."""
-    from echo_nemo.data.build import build_shards as build
-
-    return build(recipe, output_dir, force, log)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
 import re
 import sys
@@ -23,6 +22,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from echo_nemo import env
+from echo_nemo.data import echolab, echolab_fair
+from echo_nemo.data.catalog import DOCUMENT_SOURCES, ECHO_FORMATS, SourceInfo
 from echo_nemo.data.config import EchoLabConfig, SourceSpec
 from echo_nemo.data.streams import SKIPPED, Item, RowSource, hub_offline, open_rows
 from echo_nemo.errors import UserError
@@ -70,26 +72,7 @@ def parse_aime_answer(answer: str | int) -> str:
     return str(int(s))
 
 
-# ----------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class SourceInfo:
-    """Where a source lives and how a row becomes text."""
-
-    hf_id: str
-    config: str | None = None
-    split: str = "train"
-    question: str | None = None  # documents: question + "\n\n" + solution
-    solution: str | None = None
-    text: str | None = None  # documents: a single text field
-    answer: str | None = None  # problems: ground-truth field, parsed by `parse`
-    parse: Callable[[object], str] | None = None
-    local: str | None = None  # file under the shared data folder
-    keep: Callable[[dict], bool] | None = None  # row filter (e.g. correct solutions only)
-    # prompt sets only: a row whose ground truth does not parse is skipped (and counted on
-    # stderr) instead of failing the load; evaluation sets keep failing loudly
-    skip_unparsed: bool = False
-
-
+# ----------------------------------------------------------------------------- problem sets
 def _math_answer(row: dict) -> str:
     if row.get("answer") not in (None, ""):
         return str(row["answer"]).strip()
@@ -98,32 +81,6 @@ def _math_answer(row: dict) -> str:
         raise ValueError("no `answer` field and no \\boxed{} in `solution`")
     return boxed
 
-
-DOCUMENT_SOURCES: dict[str, SourceInfo | None] = {
-    "fm3": SourceInfo("HuggingFaceTB/finemath", "finemath-3plus", text="text"),
-    "as": SourceInfo("EleutherAI/proof-pile-2", "algebraic-stack", text="text"),
-    "tg": SourceInfo("TinyGSM/TinyGSM", question="question", solution="code"),
-    "omi1": SourceInfo(
-        "nvidia/OpenMathInstruct-1", question="question", solution="generated_solution",
-        local="openmathinstruct1/openmathinstruct.test", keep=lambda r: r.get("is_correct", True) is True,
-    ),
-    "omi2": SourceInfo(
-        "nvidia/OpenMathInstruct-2", question="problem", solution="generated_solution",
-        local="openmathinstruct2/openmathinstruct2.test",
-    ),
-    "mmqa": SourceInfo("meta-math/MetaMathQA", question="query", solution="response"),
-    # TinyGSM-style questions with GPT-4.1 solutions (the shared sample's origin).
-    "tg_gpt41": SourceInfo(
-        "ThomasTheMaker/TinyGSM-gpt4.1", question="user", solution="assistant",
-        local="tinygsm_style/ThomasTheMaker_TinyGSM_gpt4.1_samples.json",
-    ),
-    # Echo-lab: generated here, no rows to read (see echolab.py).
-    "echo_tg": None,
-    "echo_omi1": None,
-    "echo_omi2": None,
-    "echo_fm3": None,
-}
-ECHO_FORMATS = {"echo_tg": "tinygsm", "echo_omi1": "llm_code", "echo_omi2": "text"}
 
 PROBLEM_SOURCES: dict[str, SourceInfo | None] = {
     "gsm8k_train": SourceInfo("openai/gsm8k", "main", "train", question="question", answer="answer",
@@ -205,7 +162,7 @@ def benchmark_name(problem_set: str) -> str:
 
 # ----------------------------------------------------------------------------- reading rows
 def _shared_data_dirs() -> list[Path]:
-    dirs = [Path(os.environ["ECHO_NEMO_DATA"])] if os.environ.get("ECHO_NEMO_DATA") else []
+    dirs = [d] if (d := env.data_dir()) else []
     return dirs + [REPO_ROOT.parent / "shared" / "data"]
 
 
@@ -230,7 +187,7 @@ def read_rows(path: Path) -> Iterator[dict]:
     """Rows of a local jsonl (.jsonl/.test), json (list, or jsonl) or parquet file."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # optional format (pyarrow: ~0.5 s to import)
 
         for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
             yield from batch.to_pylist()
@@ -255,7 +212,7 @@ def read_rows(path: Path) -> Iterator[dict]:
 
 def _hub_rows(info: SourceInfo) -> Iterator[dict]:
     """Stream rows from the Hugging Face hub (needs network access)."""
-    import datasets
+    import datasets  # the hub only (seconds to import)
 
     if hub_offline():
         raise UserError(f"{info.hf_id} (config {info.config}, split {info.split}): HF_HUB_OFFLINE / "
@@ -343,14 +300,15 @@ def load_documents(
 
 
 def _echolab_documents(name: str, cfg: EchoLabConfig) -> Iterator[str]:
-    from echo_nemo.data import echolab
-
     if name == "echo_fm3":
         rng = random.Random(f"echolab-prose/{cfg.seed}")
         for _ in range(cfg.num_background):
             yield echolab.background_document(rng, cfg.max_number)
         return
     fmt = ECHO_FORMATS[name]
+    if echolab_fair.active(cfg):  # the opt-in fair knobs; without them, today's corpus below
+        yield from echolab_fair.documents(fmt, cfg)
+        return
     noise = random.Random(f"echolab-misquote/{cfg.seed}")
     # All format sources render the same problem stream, so formats differ only in solution.
     for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,
@@ -401,8 +359,6 @@ def load_problems(
 
 def echolab_set(name: str, cfg: EchoLabConfig | None = None, limit: int | None = None) -> list:
     """The generated problems (echolab.EchoProblem, with their programs) of an echo-lab set."""
-    from echo_nemo.data import echolab
-
     spec, cfg = ECHOLAB_SETS[name], cfg or EchoLabConfig()
     lo, hi = (cfg.min_steps, cfg.max_steps) if spec.steps is None else (1, 5)
     # Train prompts come from the same stream as the pretraining documents (same seed);

@@ -100,11 +100,11 @@ def _json_lines(path: Path, start: int, part: tuple[int, int] | None = None
 def _arrow_batches(path: Path):  # noqa: ANN202 - pyarrow record batches of a file
     suffix = _suffix(path)
     if suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # parquet/arrow sources only (~0.5 s to import)
 
         yield from pq.ParquetFile(path).iter_batches(batch_size=1024)
         return
-    import pyarrow as pa
+    import pyarrow as pa  # arrow sources only
 
     with open(path, "rb") as f:
         try:
@@ -148,7 +148,7 @@ def _file_rows(path: Path, start: int, part: tuple[int, int] | None = None
 def _row_count(path: Path) -> int | None:
     """Rows of a parquet/arrow file from its metadata (None for JSON: it must be read)."""
     if _suffix(path) == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # parquet sources only
 
         return pq.ParquetFile(path).metadata.num_rows
     if _suffix(path) == ".arrow":
@@ -228,7 +228,7 @@ def hub_offline() -> bool:
 
 
 def _hub_stream(hub: tuple[str, str | None, str], start: int) -> Iterator[tuple[str, object]]:
-    import datasets
+    import datasets  # the hub only (seconds to import)
 
     hf_id, config, split = hub
     if hub_offline():
@@ -248,7 +248,7 @@ def _hub_stream(hub: tuple[str, str | None, str], start: int) -> Iterator[tuple[
 def hub_snapshot(hf_id: str) -> Path | None:
     """The local hub cache's snapshot folder of dataset `hf_id`, or None (no network used)."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # hub sources only
 
         # the cache folder is read from the environment now, not when huggingface_hub was imported
         cache = os.environ.get("HF_HUB_CACHE") or None

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from echo_nemo.errors import UserError, require_file
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="train or inspect a tokenizer")
@@ -33,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def echolab_corpus(seed: int, num_problems: int) -> list[str]:
     """Echo-lab documents spanning all difficulties and number sizes."""
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.data.config import EchoLabConfig
     from echo_nemo.data.sources import load_documents
 
@@ -45,8 +48,8 @@ def echolab_corpus(seed: int, num_problems: int) -> list[str]:
 
 
 def _file_texts(path: str) -> list[str]:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.data.sources import read_rows
-    from echo_nemo.errors import UserError, require_file
 
     p = Path(require_file(path, "tokenizer training input"))
     if p.suffix == ".txt":
@@ -67,6 +70,7 @@ def _file_texts(path: str) -> list[str]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.tokenizer import train_tokenizer
 
     if args.input:
@@ -81,6 +85,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo.tokenizer import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)

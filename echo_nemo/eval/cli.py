@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from echo_nemo.cli import add_out_option
+from echo_nemo.cli_args import add_out_option
 
 
 def _run(args: argparse.Namespace) -> int:

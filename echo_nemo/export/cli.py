@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_hf(args: argparse.Namespace) -> int:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     import torch
 
     from echo_nemo import distributed as D

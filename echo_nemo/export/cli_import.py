@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _import_hf(args: argparse.Namespace) -> int:
+    # the command's modules load when it runs: `echo-nemo --help` imports only the parsers
     from echo_nemo import distributed as D
     from echo_nemo.export.hf import import_hf
 

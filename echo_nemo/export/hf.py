@@ -11,6 +11,11 @@ except for two fused megatron layouts and the padded vocabulary:
   the first half): HF gate_proj and up_proj.
 - the embedding and output rows are padded to a multiple of 128 * TP: HF gets the first
   vocab_size rows; import zero-fills the padding (those logits are masked anyway).
+
+The tokenizer gets a chat template (`CHAT_TEMPLATE`, in tokenizer_config.json) that renders
+a conversation as the text echo-nemo trains and prompts on, so that chat-formatted
+datasets (TRL's conversational GRPO, OpenRLHF's ``--apply_chat_template``, NeMo-RL's math
+processor) give the model exactly echo-nemo's RL prompt.
 """
 
 from __future__ import annotations
@@ -25,6 +30,25 @@ import torch
 from echo_nemo.errors import UserError
 from echo_nemo.model.build import ModelConfig
 from echo_nemo.model.scales import SCALES, Scale, get_scale
+
+# A user (or system, or tool) turn is its text and a blank line: `Problem.prompt`, the prompt
+# echo-nemo's RL and eval feed the model. An assistant turn is its text and EOS, the way a
+# pretraining document ends. add_generation_prompt adds nothing, since the blank line already
+# opens the answer, so rendering a conversation one message longer only appends (NeMo-RL
+# tokenizes message logs message by message from such differences). `content` may be None
+# (TRL's tool-call turns: empty text) or a list of content blocks (their "text" parts).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- set content = message['content'] -%}"
+    "{%- if content is none -%}{%- set content = '' -%}"
+    "{%- elif content is not string -%}"
+    "{%- set content = content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{{ content }}{{ eos_token }}"
+    "{%- else -%}{{ content }}{{ '\n\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
 
 
 # ----------------------------------------------------------------------------- layouts (pure)
@@ -147,6 +171,14 @@ def scale_for_hf_config(hf_cfg: dict[str, Any], source: str) -> Scale:
 
 
 # ----------------------------------------------------------------------------- export
+def add_chat_template(tokenizer_config: Path) -> None:
+    """Set `CHAT_TEMPLATE` as the tokenizer's chat template (replacing one a source tokenizer
+    brought along: the exported model answers echo-nemo's prompt format, not another's)."""
+    cfg = json.loads(tokenizer_config.read_text())
+    cfg["chat_template"] = CHAT_TEMPLATE
+    tokenizer_config.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
     """Write `out/` = model.safetensors + config.json + tokenizer files for OlmoForCausalLM."""
     from safetensors.torch import save_file
@@ -166,6 +198,7 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtyp
     save_file(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     olmo_config(cfg, scale, tokenizer, dtype).save_pretrained(str(tmp))
     tokenizer.save(tmp)
+    add_chat_template(tmp / "tokenizer_config.json")
     (tmp / "echo_nemo_source.json").write_text(
         json.dumps({"checkpoint": str(ckpt.resolve()), "scale": cfg.scale}, indent=2) + "\n"
     )

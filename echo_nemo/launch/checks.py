@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from echo_nemo.distributed import destroy_distributed, init_distributed
+from echo_nemo.model.build import ModelConfig, build_gpt
+from echo_nemo.model.forward import causal_forward
+
 
 def _debug_loss(tp: int, seed: int, tokens, labels):
-    from echo_nemo.distributed import init_distributed
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
-
     env = init_distributed(tp=tp, seed=seed)
     model = build_gpt(ModelConfig(scale="debug"), vocab_size=256)
     model.eval()
-    import torch
-
     with torch.no_grad():
         loss = causal_forward(model, tokens, labels).float().cpu()
     return env, loss
@@ -33,11 +35,6 @@ def tp_forward_check(tp: int = 2, seed: int = 1234) -> dict[str, Any]:
     Returns {"rank", "world_size", "local_rank", "master_addr", "tp", "max_abs_diff",
     "loss_tp", "loss_tp1"} (losses are means over the batch).
     """
-    import torch
-    import torch.distributed as dist
-
-    from echo_nemo.distributed import destroy_distributed
-
     g = torch.Generator().manual_seed(seed)
     batch = torch.randint(0, 256, (2, 33), generator=g)
     tokens, labels = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()

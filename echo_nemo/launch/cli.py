@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("recipe", metavar="RECIPE|status", help="a sweep recipe, or `status`")
     p.add_argument(
-        "args",
+        "overrides",
         nargs="*",
         metavar="k=v|DIR",
         help="overrides of the sweep recipe (or the sweep dir)",
@@ -43,12 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # submitit and the sweep machinery load when the command runs: `echo-nemo --help` stays light
     from echo_nemo.launch.status import format_status, sweep_status
 
     if args.recipe == "status":
-        if len(args.args) != 1:
+        if len(args.overrides) != 1:
             raise UserError("usage: echo-nemo sweep status SWEEP_DIR")
-        print(format_status(sweep_status(args.args[0])))
+        print(format_status(sweep_status(args.overrides[0])))
         return 0
 
     from echo_nemo.launch.submit import (
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         wait_for,
     )
 
-    plan = plan_sweep(args.recipe, args.args, args.profile)
+    plan = plan_sweep(args.recipe, args.overrides, args.profile)
     todo, skipped = points_to_submit(plan)
     print(describe(plan, args.cluster, todo, skipped))
     if args.dry_run:

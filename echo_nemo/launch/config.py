@@ -24,12 +24,13 @@ A cluster profile (slurm/profiles/*.yaml) holds the SLURM resources; the sweep's
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echo_nemo.config import REPO_ROOT
+from echo_nemo.config import REPO_ROOT, load_recipe
 from echo_nemo.errors import UserError
 
 PROFILES_DIR = REPO_ROOT / "slurm" / "profiles"
@@ -165,10 +166,6 @@ def profile_path(profile: str) -> Path:
 
 def load_profile(profile: str, resources: dict[str, Any] | None = None) -> ClusterProfile:
     """The cluster profile with the sweep's `resources` applied key by key."""
-    import json
-
-    from echo_nemo.config import load_recipe
-
     # JSON is YAML flow syntax, so lists and mappings survive the dotted-override parser.
     overrides = [f"{key}={json.dumps(value)}" for key, value in (resources or {}).items()]
     path = profile_path(profile)

@@ -14,7 +14,15 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import submitit
+from submitit.core.utils import JobPaths
+
 from echo_nemo.errors import UserError
+
+# The sweep directory's layout (written by submit.py, read here): a run dir holding the
+# marker is finished; submitit keeps its job pickles and logs under LOG_DIR.
+DONE_MARKER = ".sweep_done"
+LOG_DIR = "logs"
 
 PENDING = {
     "PENDING",
@@ -66,8 +74,6 @@ def _result(paths) -> tuple[str, str] | None:
 
 def _scheduler_state(cluster: str, job_id: str, folder: Path) -> str:
     if cluster == "slurm":
-        import submitit
-
         return submitit.SlurmJob(folder=folder, job_id=job_id).state.split()[0].rstrip("+")
     if cluster == "local":  # the local executor's job id is the pid of its process
         try:
@@ -80,11 +86,11 @@ def _scheduler_state(cluster: str, job_id: str, folder: Path) -> str:
     return "UNKNOWN"
 
 
+def is_done(run_dir: Path) -> bool:
+    return (run_dir / DONE_MARKER).is_file()
+
+
 def sweep_status(sweep_dir: str | os.PathLike) -> list[PointState]:
-    from submitit.core.utils import JobPaths
-
-    from echo_nemo.launch.submit import DONE_MARKER, LOG_DIR
-
     sweep_dir = Path(sweep_dir)
     points_file = sweep_dir / "points.json"
     if not points_file.is_file():
@@ -103,7 +109,7 @@ def sweep_status(sweep_dir: str | os.PathLike) -> list[PointState]:
         paths = JobPaths(folder, job_id=job_id) if job_id else None
         log = str(paths.stdout) if paths else None
         st = PointState(p["name"], "not submitted", job_id, str(run_dir), log)
-        if (run_dir / DONE_MARKER).is_file():
+        if is_done(run_dir):
             st.state = "done"
         elif job is not None:
             result = _result(paths)

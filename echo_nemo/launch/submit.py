@@ -36,9 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from omegaconf import OmegaConf
 from submitit.core.utils import FailedJobError, FailedSubmissionError
+from submitit.slurm.slurm import _make_sbatch_string
 
 from echo_nemo import preempt
+from echo_nemo.cli import main as cli_main
 from echo_nemo.config import REPO_ROOT, compose, load_recipe, schema_for_recipe, to_yaml
 from echo_nemo.errors import UserError
 from echo_nemo.launch.config import (
@@ -49,9 +52,7 @@ from echo_nemo.launch.config import (
     resolve_path,
 )
 from echo_nemo.launch.grid import Point, expand
-
-DONE_MARKER = ".sweep_done"
-LOG_DIR = "logs"
+from echo_nemo.launch.status import DONE_MARKER, LOG_DIR, is_done, sweep_status
 
 
 @dataclass
@@ -102,8 +103,6 @@ def validate_points(plan: SweepPlan) -> None:
     The base recipe is composed once and each point's overrides merged onto it; a point
     that fails is reloaded through `load_recipe` for its error message.
     """
-    from omegaconf import OmegaConf
-
     schema = schema_for_recipe(plan.recipe)
     base = compose(schema, plan.recipe)
     for p in plan.points:
@@ -119,10 +118,6 @@ def validate_points(plan: SweepPlan) -> None:
             load_recipe(schema, plan.recipe, overrides)
         except UserError as e:
             raise UserError(f"sweep {plan.cfg.name!r}, point {p.name}: {e}") from None
-
-
-def is_done(run_dir: Path) -> bool:
-    return (run_dir / DONE_MARKER).is_file()
 
 
 def changed_since_done(run_dir: Path, argv: list[str], root: Path | None = None) -> tuple[list[str], list[str]] | None:
@@ -208,10 +203,8 @@ class PointJob(submitit.helpers.Checkpointable):
             return f"already done: {run_dir}"
         if os.environ.get("SUBMITIT_EXECUTOR") == "local":
             _export_torchrun_env()
-        from echo_nemo.cli import main
-
         print(f"[echo-nemo sweep] echo-nemo {shlex.join(self.argv)}", flush=True)
-        rc = main(self.argv)
+        rc = cli_main(self.argv)
         if rc == preempt.EXIT_REQUEUE:
             self._after_stop()
         if rc != 0:
@@ -296,8 +289,6 @@ def make_executor(
 
 def sbatch_script(plan: SweepPlan, n_points: int) -> str:
     """The sbatch script submitit would submit for `n_points` points (for --dry-run)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     ex = make_executor(
         "slurm", plan.profile, plan.sweep_dir / LOG_DIR / "%j", f"echo-{plan.cfg.name}", preview=True
     )
@@ -337,8 +328,6 @@ def _record(plan: SweepPlan, cluster: str, point: Point, job: submitit.Job) -> N
 
 def points_to_submit(plan: SweepPlan) -> tuple[list[Point], dict[str, str]]:
     """Points not done and not already pending/running; with the reason for the others."""
-    from echo_nemo.launch.status import sweep_status
-
     skipped: dict[str, str] = {}
     if (plan.sweep_dir / "points.json").is_file():
         for st in sweep_status(plan.sweep_dir):

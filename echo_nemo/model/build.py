@@ -3,6 +3,11 @@
 The study's architecture (OLMo v1) maps onto megatron-core's local layer spec except
 for one piece megatron has no option for: LayerNorm without learnable parameters. It
 is supplied through the layer spec (`NonAffineLayerNorm`), never by patching megatron.
+The forward that runs the built model is echo_nemo.model.forward.
+
+megatron-core is imported inside the functions that build: `ModelConfig` is read by
+commands that never build a model (`echo-nemo config`, recipe checks), which then do not
+load megatron.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from echo_nemo.distributed import tp_size
 from echo_nemo.model.scales import Scale, get_scale, padded_vocab_size
 
 
@@ -60,9 +66,7 @@ class SdpaAttention(torch.nn.Module):
         pg_collection=None,
     ) -> None:
         super().__init__()
-        from megatron.core import parallel_state as ps
-
-        tp = ps.get_tensor_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+        tp = tp_size()
         self.config = config
         self.hidden_per_partition = config.kv_channels * config.num_attention_heads // tp
         self.scale = softmax_scale
@@ -161,11 +165,10 @@ def build_gpt(
     The vocabulary is padded to a multiple of 128 * TP. The model is moved to the GPU
     when there is one. Returns the megatron module.
     """
-    from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
 
     scale = get_scale(cfg.scale)
-    tp = ps.get_tensor_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+    tp = tp_size()
     vocab = vocab_size or cfg.vocab_size
     if not vocab:
         raise ValueError("build_gpt needs a vocab size (from the tokenizer or model.vocab_size)")
@@ -184,62 +187,3 @@ def build_gpt(
     if torch.cuda.is_available():
         model = model.cuda()
     return model
-
-
-def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, parallel: bool = True) -> torch.Tensor:
-    """Set the logits of padded vocabulary ids (>= vocab_size) to the dtype's minimum, in place.
-
-    The embedding is padded to a multiple of 128 * TP, so without this mask the padded
-    rows join the softmax and the loss would depend on the TP size. `parallel`: the
-    logits are this TP rank's vocabulary shard (else the full padded vocabulary).
-    """
-    from echo_nemo.distributed import tp_rank
-
-    local = logits.shape[-1]
-    start = tp_rank() * local if parallel else 0
-    if start + local > vocab_size:
-        logits[..., max(vocab_size - start, 0) :] = torch.finfo(logits.dtype).min
-    return logits
-
-
-def causal_forward(
-    model,
-    tokens: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    vocab_size: int | None = None,
-    engine: str = "lean",
-) -> torch.Tensor:
-    """Run the GPT on [batch, seq] tokens: per-token loss [b, s] with labels, else logits.
-
-    Logits are vocab-parallel ([b, s, V/tp]) unless the model was built with
-    parallel_output=False. With `vocab_size` (the tokenizer's), padded vocabulary ids are
-    masked out of the logits and the loss (the loss is then the same at every TP size).
-
-    engine "lean" (default): echo_nemo.model.lean's forward over the same parameters when
-    it supports the model, and the loss through torch's fused cross entropy at TP=1,
-    loss_t = logsumexp(logits_t) - logits_t[label_t]; "megatron": megatron's own forward
-    and loss (the reference; the two agree to float rounding, tested).
-    """
-    from echo_nemo.model import lean
-
-    b, s = tokens.shape
-    if engine == "lean" and lean.supports(model):
-        logits = lean.lean_forward(model, tokens)
-    else:
-        position_ids = torch.arange(s, device=tokens.device).unsqueeze(0).expand(b, s)
-        if vocab_size is None and labels is not None:
-            return model(tokens, position_ids, attention_mask=None, labels=labels)
-        logits = model(tokens, position_ids, attention_mask=None)
-    parallel = getattr(getattr(model, "module", model), "parallel_output", True)
-    if vocab_size is not None:
-        logits = mask_padded_vocab(logits, vocab_size, parallel)
-    if labels is None:
-        return logits
-    from echo_nemo.distributed import tp_size
-
-    if tp_size() == 1 or not parallel:
-        v = logits.shape[-1]
-        return F.cross_entropy(logits.float().view(-1, v), labels.reshape(-1), reduction="none").view(b, s)
-    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-
-    return vocab_parallel_cross_entropy(logits.float(), labels)

@@ -25,7 +25,7 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows[0] if args.scale else rows))
         return 0
-    from rich.console import Console
+    from rich.console import Console  # here: rich loads only when a table is printed
     from rich.table import Table
 
     table = Table(title=f"model zoo (vocab {args.vocab_size})")

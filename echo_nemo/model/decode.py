@@ -1,11 +1,13 @@
-"""A lean inference forward over megatron's own GPT weights, with a preallocated KV cache.
+"""The package's one decoder: an inference forward over megatron's own GPT weights, with a
+preallocated KV cache.
 
-megatron's static-batch inference runs every decode step through the full training
-module stack: [s, b, h] transposes, the layer spec's dispatch, the inference context's
-bookkeeping and per-layer RNG-tracker forks, and the logits of every prompt position.
-On CPU that overhead, not the matmuls, was most of a decode step at the tiny shape.
-`LeanDecoder` runs the same arithmetic on the same parameter tensors (no copies, so it
-always sees the current weights) with plain torch ops:
+Why not megatron's static-batch inference: it runs every decode step through the full
+training module stack ([s, b, h] transposes, the layer spec's dispatch, the inference
+context's bookkeeping and per-layer RNG-tracker forks) and computes the logits of every
+prompt position; on CPU that overhead, not the matmuls, is most of a decode step at the
+tiny shape. `Decoder` runs the same arithmetic as the training forward
+(echo_nemo.model.forward) on the same parameter tensors (no copies, so it always sees the
+current weights) with plain torch ops:
 
     x = E[token];  per layer:  x += W_o attn(rope(q), rope(k), v),  q, k, v = W_qkv LN(x)
                                x += W_2 (silu(g) * u),              g, u = W_1 LN(x)
@@ -16,42 +18,37 @@ of megatron's static batching, so token t of every row is written at the same co
 and RoPE sees the same positions as before); pad columns are masked and never computed.
 Prefill packs the prompts end to end, without padding, into chunks of about
 `PACK_TOKENS` tokens with a block-diagonal causal mask, and computes logits only at each
-prompt's last token. The products go through `echo_nemo.model.gemm.linear`: on CPU, for
-decode-sized batches, the fastest form of x W^T that is bitwise equal to F.linear's.
+prompt's last token. The products x W^T go through the `linear` a speed layer installed
+for the weights' device (echo_nemo.speed; on CPU echo_nemo.cpu.gemm), else F.linear.
 
 Tensor parallelism is megatron's own: the rank's heads and MLP columns, an all-reduce
 after the row-parallel projections and the vocab-parallel embedding, an all-gather of
-the vocab-parallel logits.
+the vocab-parallel logits (echo_nemo.parallel).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from echo_nemo.model.gemm import linear
-from echo_nemo.model.lean import rope as _rotate
-from echo_nemo.model.lean import rope_tables
+from echo_nemo import speed
+from echo_nemo.distributed import tp_size
+from echo_nemo.model.forward import check_supported, rope_tables
+from echo_nemo.model.forward import rope as _rotate
+from echo_nemo.parallel import all_reduce_tp, gather_logits
 
 PACK_TOKENS = 256  # prefill chunk: long enough for efficient matmuls, short enough that
 # the block-diagonal attention wastes little on pairs of different prompts
 
 
-class LeanDecoder:
+class Decoder:
     """Incremental forward of a megatron GPTModel (built by echo_nemo.model.build)."""
 
     def __init__(self, model, batch: int, max_len: int) -> None:
+        check_supported(model)
         gpt = getattr(model, "module", model)
-        cfg = gpt.config  # the caller checked echo_nemo.model.lean.supports(model)
-        from echo_nemo.distributed import tp_size
-
+        cfg = gpt.config
         self.tp = tp_size()
-        self.group = None
-        if self.tp > 1:
-            from megatron.core import parallel_state as ps
-
-            self.group = ps.get_tensor_model_parallel_group()
         self.eps = cfg.layernorm_epsilon
         self.d = cfg.hidden_size
         self.hn = cfg.kv_channels
@@ -67,6 +64,7 @@ class LeanDecoder:
             for layer in gpt.decoder.layers
         ]
         w = self.emb.weight
+        self.linear = speed.ops(w.device.type).linear or F.linear
         self.cos, self.sin = rope_tables(gpt.rotary_pos_emb(max_len)[:, 0, 0], w.dtype)  # megatron's angles
         shape = (batch, self.groups, max_len, self.hn)
         self.k = [w.new_zeros(shape) for _ in self.layers]
@@ -76,13 +74,11 @@ class LeanDecoder:
 
     # ------------------------------------------------------------------ pieces
     def _all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        if self.group is not None:
-            x = x.contiguous()  # `linear` may return a transposed view; all_reduce works in place
-            dist.all_reduce(x, group=self.group)
-        return x
+        # `linear` may return a transposed view; the all-reduce works in place
+        return all_reduce_tp(x.contiguous()) if self.tp > 1 else x
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.group is None:
+        if self.tp == 1:
             return F.embedding(ids, self.emb.weight)
         lo, hi = self.emb.vocab_start_index, self.emb.vocab_end_index
         outside = (ids < lo) | (ids >= hi)
@@ -90,26 +86,21 @@ class LeanDecoder:
         return self._all_reduce(x.masked_fill(outside[..., None], 0.0))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        logits = linear(F.layer_norm(x, (self.d,), eps=self.eps), self.out_w).contiguous()
-        if self.group is None:
-            return logits
-        parts = [torch.empty_like(logits) for _ in range(self.tp)]
-        dist.all_gather(parts, logits.contiguous(), group=self.group)
-        return torch.cat(parts, dim=-1)
+        return gather_logits(self.linear(F.layer_norm(x, (self.d,), eps=self.eps), self.out_w).contiguous())
 
     def _qkv(self, h: torch.Tensor, w: torch.Tensor, cos, sin):
         """[n, s, d] -> rotated q [n, heads, s, hn], rotated k and v [n, groups, s, hn]."""
         n, s, _ = h.shape
-        qkv = linear(h, w).contiguous().view(n, s, self.groups, self.per + 2, self.hn).transpose(1, 2)
+        qkv = self.linear(h, w).contiguous().view(n, s, self.groups, self.per + 2, self.hn).transpose(1, 2)
         q = qkv[:, :, :, : self.per].transpose(2, 3).reshape(n, self.heads, s, self.hn)
         return _rotate(q, cos, sin), _rotate(qkv[:, :, :, self.per], cos, sin), qkv[:, :, :, self.per + 1]
 
     def _block(self, x, i, attend) -> torch.Tensor:
         """One transformer layer; `attend(i, h)` returns the attention output [n, s, heads*hn]."""
         _, w_o, w_1, w_2 = self.layers[i]
-        x = x + self._all_reduce(linear(attend(i, F.layer_norm(x, (self.d,), eps=self.eps)), w_o))
-        g, u = linear(F.layer_norm(x, (self.d,), eps=self.eps), w_1).chunk(2, dim=-1)
-        return x + self._all_reduce(linear(F.silu(g) * u, w_2))
+        x = x + self._all_reduce(self.linear(attend(i, F.layer_norm(x, (self.d,), eps=self.eps)), w_o))
+        g, u = self.linear(F.layer_norm(x, (self.d,), eps=self.eps), w_1).chunk(2, dim=-1)
+        return x + self._all_reduce(self.linear(F.silu(g) * u, w_2))
 
     def _sdpa(self, q, k, v, mask) -> torch.Tensor:
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.per > 1)

@@ -1,18 +1,16 @@
 """Batched sampling on the megatron-core GPTModel with a KV cache.
 
-Two decoders behind one prefill / step / keep interface, both over the model's own
-parameters: `LeanDecoder` (echo_nemo.model.decode, the default: plain torch ops, a
-preallocated cache, prompts packed without padding for prefill) and
-`MegatronStaticDecoder` (megatron's `StaticInferenceContext`, the previous sampler, kept
-as the reference and as the fallback for architectures the lean path does not cover).
-They give the same tokens for the same seed up to float rounding (tested).
+The model runs through echo_nemo.model.decode's `Decoder` (prefill / step / keep over the
+model's own parameters). tests/model/reference_megatron.py keeps megatron's own static-batching
+inference behind the same interface; the two give the same tokens for the same seed up to
+float rounding (tested).
 
 Prompts of different lengths end at the same cache column (left-padding layout), so every
 sequence's next token sits in one column; pad columns are masked. RoPE depends only on
 the distance between query and key, so a padded prompt scores like the same prompt alone
 (tested). Sampling draws one uniform number per cache row and step (`sample_categorical`),
-and rows are dropped from the batch and the cache once at least 1/8 of them have finished:
-both decoders consume the generator identically.
+and rows are dropped from the batch and the cache once at least 1/8 of them have finished,
+so any decoder behind the interface consumes the generator identically.
 
 Tensor parallelism: logits are gathered over the vocab-parallel shards, every TP rank
 samples with the same seeded generator, and TP rank 0's tokens are broadcast so all ranks
@@ -23,6 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from echo_nemo.model.decode import Decoder
+from echo_nemo.parallel import broadcast_tensor_tp
 
 
 @dataclass
@@ -68,159 +69,102 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 
     i = the first index with cdf[i] > u * cdf[-1], u ~ U[0, 1): entries of probability 0
     are never drawn. One uniform number per row instead of `torch.multinomial`'s one
-    exponential per vocabulary entry, whose CPU generator was ~12% of decode time.
+    exponential per vocabulary entry, whose CPU generator costs ~12% of decode time.
     """
     cdf = probs.double().cumsum(-1)  # float64: u * total never rounds up to the total
     u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 
 
-def _tp_group():
-    from megatron.core import parallel_state as ps
-
-    if ps.model_parallel_is_initialized() and ps.get_tensor_model_parallel_world_size() > 1:
-        return ps.get_tensor_model_parallel_group()
-    return None
-
-
-def _broadcast_from_tp0(t: torch.Tensor) -> torch.Tensor:
-    group = _tp_group()
-    if group is None:
-        return t
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    dist.broadcast(t, src=ps.get_tensor_model_parallel_src_rank(), group=group)
-    return t
-
-
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-class MegatronStaticDecoder:
-    """megatron's own static-batching inference (`StaticInferenceContext`), behind the
-    same prefill / step / keep interface as `LeanDecoder`: the reference the lean path is
-    tested against, and a fallback for architectures the lean path does not cover."""
+@dataclass
+class _Sampling:
+    """How the next token is picked from a step's logits."""
 
-    def __init__(self, model, batch: int, max_len: int) -> None:
-        from megatron.core.inference.contexts import StaticInferenceContext
+    eos_id: int
+    vocab_size: int
+    temperature: float
+    top_p: float
+    top_k: int
+    greedy: bool
+    min_new_tokens: int
+    generator: torch.Generator | None
 
-        from echo_nemo.distributed import patch_static_kv_rope
-
-        patch_static_kv_rope()  # rotate each key once, not the whole cache every step
-        self.model = model
-        self.dev = _device(model)
-        self.ctx = StaticInferenceContext(max_batch_size=batch, max_sequence_length=max_len)
-        self.valid = torch.zeros((batch, max_len), dtype=torch.bool, device=self.dev)  # real tokens
-        self.pos = 0
-
-    def _forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(self.pos, self.pos + tokens.size(1), device=self.dev).expand(tokens.size(0), -1)
-        logits = self.model(tokens, positions, attention_mask=mask, inference_context=self.ctx,
-                            runtime_gather_output=True)
-        self.ctx.increment_sequence_len_offset(tokens.size(1))
-        self.pos += tokens.size(1)
-        return logits[:, -1]
-
-    def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Left-padded prompts in one forward; pad keys masked (True = masked)."""
-        b, plen = len(prompts), max(map(len, prompts))
-        tokens = torch.zeros((b, plen), dtype=torch.long, device=self.dev)  # pads: any id, masked
-        for i, p in enumerate(prompts):
-            tokens[i, plen - len(p) :] = torch.tensor(p, dtype=torch.long)
-            self.valid[i, plen - len(p) : plen] = True
-        causal = torch.triu(torch.ones(plen, plen, dtype=torch.bool, device=self.dev), diagonal=1)
-        return self._forward(tokens, causal[None, None] | ~self.valid[:, None, None, :plen])
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self.valid[:, self.pos] = True
-        mask = ~self.valid[:, None, None, : self.pos + 1]
-        self.ctx.enable_decode_mode()
-        return self._forward(tokens[:, None], mask)
-
-    def keep(self, rows: torch.Tensor) -> None:
-        self.ctx.key_value_memory_dict = {
-            layer: (k[:, rows], v[:, rows]) for layer, (k, v) in self.ctx.key_value_memory_dict.items()
-        }
-        self.valid = self.valid[rows]
+    def pick(self, logits: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(next token per cache row, log-probs of the distribution sampled from) at step t."""
+        logits = logits[:, : self.vocab_size].float()  # drop the vocab padding entries
+        if t < self.min_new_tokens:
+            logits[:, self.eos_id] = float("-inf")  # EOS may not end a sequence yet
+        if self.greedy:
+            return logits.argmax(-1), torch.log_softmax(logits, -1)
+        scaled = logits / self.temperature
+        logp = torch.log_softmax(scaled, -1)
+        probs = torch.softmax(filter_logits(scaled, self.top_k, self.top_p), -1)
+        return sample_categorical(probs, self.generator), logp  # one uniform per cache row
 
 
-ENGINES = ("lean", "megatron")
+class _Completions:
+    """The tokens and log-probs written so far, per original row, and which cache rows still
+    generate (`rows`: the original index of each cache row)."""
+
+    def __init__(self, b: int, max_new_tokens: int, eos_id: int, dev: torch.device) -> None:
+        self.eos_id = eos_id
+        self.tokens = torch.full((b, max_new_tokens), eos_id, dtype=torch.long, device=dev)
+        self.logprobs = torch.zeros((b, max_new_tokens), dtype=torch.float32, device=dev)
+        self.lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=dev)
+        self.done = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.rows = torch.arange(b, device=dev)
+        self.alive = torch.ones(b, dtype=torch.bool, device=dev)
+
+    def record(self, t: int, nxt: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """Write step t's tokens of the live rows; finished rows feed EOS. Returns the tokens fed next."""
+        rows, alive = self.rows, self.alive
+        nxt = torch.where(alive, nxt, torch.full_like(nxt, self.eos_id))
+        self.tokens[rows[alive], t] = nxt[alive]
+        self.logprobs[rows[alive], t] = logp.gather(-1, nxt[:, None]).squeeze(-1)[alive]
+        newly = alive & (nxt == self.eos_id)
+        self.lengths[rows[newly]] = t + 1
+        self.done[rows[newly]] = True
+        self.alive = alive & ~newly
+        return nxt
+
+    def shrink(self, decoder: Decoder, nxt: torch.Tensor) -> torch.Tensor:
+        """Once at least 1/8 of the cache rows have finished, drop them from the batch and the
+        KV cache, so the remaining decode steps (whose cost grows with batch x length) skip them."""
+        if int((~self.alive).sum()) < max(1, self.rows.numel() // 8):
+            return nxt
+        keep = self.alive.nonzero().squeeze(1)
+        decoder.keep(keep)
+        self.rows, self.alive = self.rows[keep], self.alive[keep]
+        return nxt[keep]
+
+    def results(self) -> tuple[list[list[int]], list[torch.Tensor], list[bool]]:
+        n = self.lengths.tolist()
+        return ([self.tokens[i, : n[i]].tolist() for i in range(len(n))],
+                [self.logprobs[i, : n[i]].cpu() for i in range(len(n))],
+                [bool(d) for d in self.done])
 
 
 @torch.no_grad()
-def _generate_batch(
-    model,
-    prompts: list[list[int]],
-    *,
-    eos_id: int,
-    vocab_size: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
-    greedy: bool,
-    generator: torch.Generator | None,
-    engine: str = "lean",
-    min_new_tokens: int = 0,
-) -> tuple[list[list[int]], list[torch.Tensor], list[bool]]:
-    from echo_nemo.model import lean
-    from echo_nemo.model.decode import LeanDecoder
-
-    dev = _device(model)
+def _generate_batch(model, prompts: list[list[int]], max_new_tokens: int,
+                    sampling: _Sampling) -> tuple[list[list[int]], list[torch.Tensor], list[bool]]:
+    """Prefill, then one decode step per new token until every row has stopped."""
     b = len(prompts)
-    total = max(map(len, prompts)) + max_new_tokens
-    lean_ok = engine == "lean" and lean.supports(model)
-    decoder = (LeanDecoder if lean_ok else MegatronStaticDecoder)(model, b, total)
-    out_tokens = torch.full((b, max_new_tokens), eos_id, dtype=torch.long, device=dev)
-    out_logprobs = torch.zeros((b, max_new_tokens), dtype=torch.float32, device=dev)
-    lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=dev)
-    done = torch.zeros(b, dtype=torch.bool, device=dev)
-
-    rows = torch.arange(b, device=dev)  # the original index of each cache row
-    alive = torch.ones(b, dtype=torch.bool, device=dev)  # per cache row: still generating
-    # inference mode skips autograd's per-op bookkeeping (~6% of a 150m decode step); not
-    # for megatron's engine, whose rotary tables are cached and later reused in training
-    with torch.inference_mode(lean_ok):
+    decoder = Decoder(model, b, max(map(len, prompts)) + max_new_tokens)
+    out = _Completions(b, max_new_tokens, sampling.eos_id, _device(model))
+    # inference mode skips autograd's per-op bookkeeping (~6% of a 150m decode step)
+    with torch.inference_mode():
         logits = decoder.prefill(prompts)
         for t in range(max_new_tokens):
-            logits = logits[:, :vocab_size].float()  # drop the vocab padding entries
-            if t < min_new_tokens:
-                logits[:, eos_id] = float("-inf")  # EOS may not end a sequence yet
-            if greedy:
-                nxt = logits.argmax(-1)
-                logp = torch.log_softmax(logits, -1)
-            else:
-                scaled = logits / temperature
-                logp = torch.log_softmax(scaled, -1)
-                probs = torch.softmax(filter_logits(scaled, top_k, top_p), -1)
-                nxt = sample_categorical(probs, generator)  # one uniform per cache row
-            nxt = _broadcast_from_tp0(nxt)
-            nxt = torch.where(alive, nxt, torch.full_like(nxt, eos_id))  # finished rows feed EOS
-            out_tokens[rows[alive], t] = nxt[alive]
-            out_logprobs[rows[alive], t] = logp.gather(-1, nxt[:, None]).squeeze(-1)[alive]
-            newly = alive & (nxt == eos_id)
-            lengths[rows[newly]] = t + 1
-            done[rows[newly]] = True
-            alive &= ~newly
-            if not bool(alive.any()) or t + 1 == max_new_tokens:
+            nxt, logp = sampling.pick(logits, t)
+            nxt = out.record(t, broadcast_tensor_tp(nxt), logp)  # TP rank 0's tokens on every rank
+            if not bool(out.alive.any()) or t + 1 == max_new_tokens:
                 break
-            if int((~alive).sum()) >= max(1, rows.numel() // 8):
-                # drop finished sequences from the batch and the KV cache, so the remaining
-                # decode steps (whose cost grows with batch x length) skip them
-                keep = alive.nonzero().squeeze(1)
-                decoder.keep(keep)
-                rows, alive, nxt = rows[keep], alive[keep], nxt[keep]
-            logits = decoder.step(nxt)
-
-    completions, logprobs, finished = [], [], []
-    for i in range(b):
-        n = int(lengths[i])
-        completions.append(out_tokens[i, :n].tolist())
-        logprobs.append(out_logprobs[i, :n].cpu())
-        finished.append(bool(done[i]))
-    return completions, logprobs, finished
+            logits = decoder.step(out.shrink(decoder, nxt))
+    return out.results()
 
 
 def generate(
@@ -236,7 +180,6 @@ def generate(
     seed: int | None = None,
     batch_size: int | None = None,
     max_prompt_tokens: int | None = None,
-    engine: str = "lean",
     min_new_tokens: int = 0,
 ) -> Rollout:
     """Sample one completion per prompt (repeat a prompt in the list for several).
@@ -244,14 +187,10 @@ def generate(
     Sequences stop at EOS or after `max_new_tokens`. Prompts longer than
     `max_prompt_tokens` keep their last tokens. Deterministic for a given `seed`
     (per batch, so results do not depend on what else ran before). The model is put in
-    eval mode for the call and restored after. `engine`: "lean" (echo_nemo.model.decode,
-    the default) or "megatron" (megatron's static-batching inference; same tokens up to
-    float rounding, slower). `min_new_tokens`: EOS is masked out for each sequence's first
-    that many tokens (as transformers' option of the name; benchmarks use it to time the
-    same number of tokens as `generate`).
+    eval mode for the call and restored after. `min_new_tokens`: EOS is masked out for
+    each sequence's first that many tokens (as transformers' option of the name; benchmarks
+    use it to time the same number of tokens as `generate`).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if not greedy and temperature <= 0:
         raise ValueError("temperature must be > 0 when sampling (use greedy=True instead)")
     ids = [tokenizer.encode(p) for p in prompts]
@@ -271,11 +210,9 @@ def generate(
                 # no seed: draw one from the global RNG (never re-seed it)
                 base = seed if seed is not None else int(torch.randint(0, 2**31 - 1, (1,)))
                 generator.manual_seed(base + start)
-            comp, lps, fin = _generate_batch(
-                model, chunk, eos_id=tokenizer.eos_id, vocab_size=tokenizer.vocab_size, max_new_tokens=max_new_tokens,
-                temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
-                generator=generator, engine=engine, min_new_tokens=min_new_tokens,
-            )
+            sampling = _Sampling(tokenizer.eos_id, tokenizer.vocab_size, temperature, top_p, top_k, greedy,
+                                 min_new_tokens, generator)
+            comp, lps, fin = _generate_batch(model, chunk, max_new_tokens, sampling)
             out.prompt_ids.extend(chunk)
             out.completion_ids.extend(comp)
             out.logprobs.extend(lps)
@@ -286,40 +223,3 @@ def generate(
     eos = tokenizer.eos_id
     out.completions = [tokenizer.decode([t for t in c if t != eos]) for c in out.completion_ids]
     return out
-
-
-@torch.no_grad()
-def greedy_no_cache(model, prompt_ids: list[int], max_new_tokens: int, eos_id: int, vocab_size: int) -> list[int]:
-    """Reference decoder: re-run the full sequence every step and take the argmax.
-
-    Slow on purpose (no cache, no batching); the KV-cache path must match it token
-    for token.
-    """
-    from echo_nemo.model.build import causal_forward
-
-    dev = _device(model)
-    seq = list(prompt_ids)
-    out: list[int] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for _ in range(max_new_tokens):
-            tokens = torch.tensor([seq], dtype=torch.long, device=dev)
-            logits = gather_logits(causal_forward(model, tokens))
-            nxt = int(logits[0, -1, :vocab_size].argmax())
-            out.append(nxt)
-            seq.append(nxt)
-            if nxt == eos_id:
-                break
-    finally:
-        model.train(was_training)
-    return out
-
-
-def gather_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary logits from vocab-parallel ones (identity at TP=1); differentiable."""
-    if _tp_group() is None:
-        return logits
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
-    return gather_from_tensor_model_parallel_region(logits)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from echo_nemo import env
 from echo_nemo.reward.formats import FORMATS
 from echo_nemo.reward.query import (
     COMMON_SPECIAL_TOKENS,
@@ -31,21 +32,21 @@ from echo_nemo.reward.query import (
 )
 from echo_nemo.reward.score import Score, score
 
-URL_ENV = "ECHO_NEMO_REWARD_URL"
+URL_ENV = env.REWARD_URL.name
 # A Hugging Face tokenizer folder whose bos/eos/pad/unk strings are removed too (the common
 # literals such as </s> always are), like `reward serve --tokenizer`.
-TOKENIZER_ENV = "ECHO_NEMO_REWARD_TOKENIZER"
+TOKENIZER_ENV = env.REWARD_TOKENIZER.name
 NOT_FOUND = "response not found: the prompt does not occur in the query (after special tokens)"
 TRL_COLUMNS = ("answer", "ground_truth", "solution", "label")
 
 
 def _special_tokens() -> tuple[str, ...]:
-    path = os.environ.get(TOKENIZER_ENV)
+    path = env.reward_tokenizer()
     return COMMON_SPECIAL_TOKENS + (special_token_strings(path) if path else ())
 
 
 def _score(completions: list[str], truths: Sequence[object]) -> list[Score]:
-    url = os.environ.get(URL_ENV)
+    url = env.reward_url()
     if url:
         from echo_nemo.reward.client import RewardClient
 
@@ -124,20 +125,31 @@ def compute_score(
 
 
 # ----------------------------------------------------------------------------- TRL
+# What GRPOTrainer passes a reward function besides the dataset's columns (trl 1.16).
+TRL_KEYWORDS = ("completion_ids", "trainer_state", "log_extra", "log_metric", "environments")
+
+
+def _message_text(content: object) -> str:
+    """A message's `content` as text: None (TRL's assistant turn that only calls a tool) is
+    empty, a list of content blocks gives its "text" parts."""
+    if content is None:
+        return ""
+    if isinstance(content, list):  # multimodal content blocks
+        return "".join(b.get("text") or "" for b in content if isinstance(b, dict))
+    return str(content)
+
+
 def _completion_text(completion: object) -> str:
     """A TRL completion: a string, or (conversational) a list of {"role", "content"} messages,
-    of which the assistant turns' text is joined."""
+    of which the assistant turns' text is joined (tool results are not the model's answer)."""
     if isinstance(completion, str):
         return completion
     if isinstance(completion, list):
         parts = []
         for message in completion:
             if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
-                content = message.get("content", "")
-                if isinstance(content, list):  # multimodal content blocks
-                    content = "".join(b.get("text", "") for b in content if isinstance(b, dict))
-                parts.append(str(content))
-        return "\n".join(parts)
+                parts.append(_message_text(message.get("content")))
+        return "\n".join(p for p in parts if p)
     raise TypeError(f"a TRL completion is a string or a list of messages, got {type(completion).__name__}")
 
 
@@ -147,12 +159,13 @@ def make_trl_reward(column: str | None = None) -> Callable[..., list[float]]:
 
     def echo_nemo_math_reward(prompts: list, completions: list, **kwargs: object) -> list[float]:
         # GRPOTrainer._calculate_rewards (trl/trainer/grpo_trainer.py) passes every dataset
-        # column but "prompt" as a keyword list aligned with `completions`.
+        # column but "prompt" as a keyword list aligned with `completions`, besides its own
+        # keywords (TRL_KEYWORDS).
         names = [column] if column else [c for c in TRL_COLUMNS if c in kwargs]
         if not names or names[0] not in kwargs:
             raise KeyError(
                 f"no ground-truth column {column or ' / '.join(TRL_COLUMNS)!r} in the dataset "
-                f"(columns passed: {sorted(k for k in kwargs if k != 'trainer_state')})"
+                f"(columns passed: {sorted(k for k in kwargs if k not in TRL_KEYWORDS)})"
             )
         truths = list(kwargs[names[0]])  # type: ignore[arg-type]
         tokens = _special_tokens()

@@ -1,4 +1,8 @@
-"""``echo-nemo reward serve|score``: run the reward server, or score a JSONL file."""
+"""``echo-nemo reward serve|score``: run the reward server, or score a JSONL file.
+
+The command functions import what they use (FastAPI, uvicorn, rich, the sandbox) when
+they run: `register` is called for every ``echo-nemo`` command, ``--help`` included.
+"""
 
 from __future__ import annotations
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
+from echo_nemo.errors import UserError, require_dir
+
 COMMON_SPECIAL_TOKENS: tuple[str, ...] = (
     "<s>", "</s>", "<pad>", "<unk>", "<|endoftext|>", "<|im_end|>", "<|eot_id|>",
     "<|begin_of_text|>", "<|end_of_text|>",
@@ -39,11 +41,9 @@ def special_token_strings(tokenizer_path: str) -> tuple[str, ...]:
 
     Cached per folder: the adapters call it for every sample.
     """
-    from echo_nemo.errors import UserError, require_dir
-
     require_dir(tokenizer_path, "tokenizer folder")
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # seconds to import; only with --tokenizer
 
         tok = AutoTokenizer.from_pretrained(tokenizer_path)
     except Exception as e:

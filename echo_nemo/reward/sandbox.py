@@ -1,296 +1,124 @@
-"""Run model-written code away from the trainer and the server.
+"""Run model-written code away from the trainer, the server and the answer key.
 
 Design: the caller (trainer, reward server) owns a `WorkerPool` of long-lived worker
-processes (``python -I -m echo_nemo.reward.sandbox``) started with a scrubbed
-environment in their own empty temporary directory. A worker receives one job at a time
-over a pipe and runs the trusted part (format parsing, math-verify in its main thread)
-itself. Model code runs only in a child forked per execution; the child applies the
-limits below, runs the code, sends back plain strings and exits. So hostile code never
-shares a process with the verifier or with an earlier completion. Code that contains no
-"import" is forked from the worker's lean fork parent (forked from the worker before it
-loads numpy, sympy and math-verify: a cheaper fork), the rest from the worker itself.
+processes (``python -I``) started with a scrubbed environment in their own empty
+temporary directory. At start-up, before it reads any job, a worker forks two fork
+servers (zygotes, zygote.py): a lean one with the standard modules model code may import
+loaded, and a full one with numpy and sympy too. It then loads math-verify and serves
+jobs one at a time in its main thread: it parses the completion, asks a zygote to fork a
+child for the code (import-free code: the lean zygote, a cheaper fork), collects the
+child's output within the limits, and compares it with the ground truth itself.
 
-Guarantees (Linux):
-- Model code never runs in the caller's process or in the worker that verifies it.
-- Per execution: CPU time (RLIMIT_CPU, then SIGKILL at the hard limit), wall time (the
-  worker SIGKILLs the child; a child still runnable but starved of CPU by a busy machine
-  gets up to 3x the wall limit, bounded by its CPU limit), address space (RLIMIT_AS), file size (RLIMIT_FSIZE),
-  open files (RLIMIT_NOFILE), no core dumps, no new processes (RLIMIT_NPROC=0 after
-  dropping to uid/gid 65534 when started as root; Python-level fork/exec/spawn/
-  subprocess/os.system blocked by an audit hook in every case).
-- Fresh empty working directory per execution, removed afterwards; scrubbed environment;
-  stdin from /dev/null; stdout/stderr captured in memory up to a cap (fds 1/2 go to
-  /dev/null); the worker's pipes are closed in the child.
-- Network: the worker enters a new network namespace (loopback down, no routes) when the
-  platform allows (root or user namespaces; often off on HPC nodes); socket creation and
-  all ``socket.*`` operations are blocked by the audit hook in every case. Which
-  protections are in force is reported by each worker (`WorkerPool.info()["protections"]`,
-  the server's startup line and ``/health``); ``reward serve --strict`` refuses to run
-  without the namespace.
-- Files: the audit hook refuses to open, list, create, remove or rename paths outside the
-  execution directory, except read-only access to the Python installation (stdlib and
-  site-packages) needed for imports; /etc/passwd, the project and home dirs are refused.
-  When started as root the child also runs as uid 65534, so the OS denies root-only files.
-- ctypes/cffi are refused (the import and every ``ctypes.*`` audit event).
+Invariant: model code runs only in a child forked from a zygote, which has never held a
+ground truth, another item's completion or the server's state; the child receives only
+its own program and returns only its output (see zygote.py). The worker that holds the
+truth never forks model code, and a worker whose zygote dies is retired, never re-forked.
+
+Layers in every child (which are in force: `WorkerPool.info()`, the server's start-up
+line and ``/health``; Landlock and seccomp are checked by a probe child at start-up, the
+namespace by looking at the interfaces left):
+- Landlock (confine.py): reads only of the run dir, the Python installation and system
+  libraries; writes only inside the run dir; no device, fifo or socket files; TCP
+  bind/connect and signals outside the child denied (ABI >= 4 / 6).
+- seccomp-bpf (confine.py): no processes or threads, exec, sockets, ptrace, mknod,
+  namespaces, mounts, signals, IPC, io_uring; EPERM, or a kill for a foreign syscall ABI.
+- Network namespace: the worker (and so every child) leaves the network when the
+  platform allows (root or user namespaces); loopback down, no routes.
+- uid/gid 65534 when started as root; rlimits: CPU time (then SIGKILL at the hard limit),
+  address space, file size, open files, no core dumps, no processes.
+- Wall time: the worker SIGKILLs the child; a child still runnable but starved of CPU by a
+  busy machine gets up to 3x the wall limit, bounded by its CPU limit.
+- A fresh empty run dir per execution, removed afterwards; scrubbed environment; stdin,
+  stdout and stderr on /dev/null (prints captured in memory up to a cap).
+- The audit hook: refuses file access outside the run dir, sockets, process creation,
+  signals and ctypes/cffi with a readable "sandbox violation"; a completion that trips it
+  gets reward 0 even if it caught the error. The OS layers above do not depend on it.
 - A crash, kill or hang of a child costs only that completion (reward 0 with a reason);
   a dead or stuck worker is killed and replaced; the pool keeps serving.
-- A completion that trips any sandbox rule gets reward 0 even if it caught the error.
+
+``reward serve --strict`` refuses to start unless Landlock and seccomp both hold. A
+kernel without them is reported once (start-up line, a warning) and the sandbox runs with
+the layers it has.
 
 Not guaranteed:
-- Audit hooks are a Python-level fence: a bug in CPython or a C extension that lets code
-  reach raw syscalls without an audit event (ctypes is closed off) escapes the file and
-  socket rules; only the OS limits (rlimits, uid drop, namespace, process isolation) hold
-  then. There is no seccomp filter and no filesystem namespace: as a non-root user
-  without user namespaces, the child can read what that user can read at the OS level
-  if it gets past the hook.
-- Memory is bounded by address space, not resident memory; CPU by per-process time.
-- The child reports its result over a pipe it shares with the model code, so that code
-  can forge its own result message; this gains nothing beyond returning the value, except
-  hiding a refused (and therefore harmless) sandbox violation.
+- Memory is bounded by address space, not resident memory; CPU by per-process time; the
+  run dir's total size only by the file size limit times what the CPU limit lets the code
+  write (it is removed after the run).
+- The child reports its result over a pipe it owns, so model code can forge its own
+  result message: this gains nothing beyond returning the value, except hiding a refused
+  (and therefore harmless) audit-hook violation.
+- A CPython memory-safety bug lets code reach raw memory and syscalls: the OS layers
+  still hold, and the process holds no answer to find.
 - It is not a defence against a malicious *caller*: the pool trusts its jobs' framing.
 """
 
 from __future__ import annotations
 
 import atexit
-import functools
+import ctypes
+import gc
+import importlib
 import json
+import logging
 import os
 import queue
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-NOBODY = 65534
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Per-execution limits of the sandboxed child (seconds, MiB, counts, bytes)."""
-
-    wall_s: float = 5.0
-    cpu_s: int = 3
-    memory_mb: int = 1024  # added to the worker's own address space
-    file_size_mb: int = 1
-    open_files: int = 32
-    output_bytes: int = 64 * 1024
-    answer_chars: int = 1000
-
-
-# ---------------------------------------------------------------------------
-# The child: runs model code (forked from a worker, never from the caller)
-# ---------------------------------------------------------------------------
-
-_BLOCKED_EVENTS_PREFIX = (
-    "socket.",
-    "ctypes.",
-    "subprocess.",
-    "os.exec",
-    "os.spawn",
-    "os.posix_spawn",
+from echo_nemo import env
+from echo_nemo.errors import UserError
+from echo_nemo.reward import confine
+from echo_nemo.reward.zygote import (
+    BLOCKED_IMPORTS,
+    NOBODY,
+    PR_SET_PDEATHSIG,
+    ChildSetup,
+    Limits,
+    Zygote,
+    ZygoteDied,
 )
-_BLOCKED_EVENTS = {
-    "os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "pty.spawn",
-    "signal.pthread_kill", "os.setuid", "os.setgid", "sys.remote_exec", "webbrowser.open",
-}  # fmt: skip
-_BLOCKED_IMPORTS = {"ctypes", "_ctypes", "cffi", "_cffi_backend"}
-_PATH_EVENTS = {
-    "os.listdir", "os.scandir", "os.chdir", "os.mkdir", "os.remove", "os.rmdir", "os.rename",
-    "os.chmod", "os.chown", "os.symlink", "os.link", "os.truncate", "os.utime",
-    "shutil.rmtree", "shutil.copyfile", "shutil.move", "glob.glob", "os.chflags",
-}  # fmt: skip
 
+__all__ = ["Limits", "WorkerPool", "execute", "register_pool", "LAYERS", "LAYERS_OFF_ENV"]
 
-class SandboxViolation(PermissionError):
-    """Raised inside the child when code does something the sandbox forbids."""
-
-
-class _CappedText:
-    """A text stream that keeps at most `cap` characters (the rest is dropped)."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap, self.parts, self.size, self.truncated = cap, [], 0, False
-
-    def write(self, s: str) -> int:
-        s = str(s)
-        room = self.cap - self.size
-        if room > 0:
-            self.parts.append(s[:room])
-            self.size += min(room, len(s))
-        if len(s) > room:
-            self.truncated = True
-        return len(s)
-
-    def flush(self) -> None:
-        pass
-
-    def getvalue(self) -> str:
-        return "".join(self.parts)
-
-
-@functools.lru_cache(maxsize=1)
-def _read_roots() -> tuple[str, ...]:
-    import sysconfig
-
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix}
-    roots.update(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))
-    # A venv's prefix may hold other things (the project, for a venv inside it): allow only lib/.
-    return tuple(sorted(os.path.realpath(os.path.join(r, "lib")) + os.sep for r in roots)) + (
-        os.path.realpath(sysconfig.get_paths()["stdlib"]) + os.sep,
-    )
-
-
-def _install_audit_hook(workdir: str, violations: list[str], read_roots: tuple[str, ...]) -> None:
-    work = os.path.realpath(workdir) + os.sep
-    read_devices = {"/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"}
-
-    def inside(path, allow_read: bool) -> bool:
-        if isinstance(path, int):
-            return True
-        try:
-            real = os.path.realpath(os.fsdecode(path))
-        except Exception:
-            return False
-        if (real + os.sep).startswith(work):
-            return True
-        return allow_read and (real in read_devices or real.startswith(read_roots))
-
-    def deny(reason: str):
-        violations.append(reason)
-        raise SandboxViolation(f"sandbox: {reason}")
-
-    def hook(event: str, args: tuple) -> None:
-        if event == "open":
-            path, mode, flags = args
-            writes = (mode is not None and any(c in str(mode) for c in "wax+")) or (
-                mode is None
-                and isinstance(flags, int)
-                and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
-            )
-            if not inside(path, allow_read=not writes):
-                deny(f"open {path!r} ({'write' if writes else 'read'}) outside the work dir")
-        elif event == "import":
-            if args[0].split(".")[0] in _BLOCKED_IMPORTS:
-                deny(f"import {args[0]}")
-        elif event in _BLOCKED_EVENTS or event.startswith(_BLOCKED_EVENTS_PREFIX):
-            deny(f"{event} is not allowed")
-        elif event in _PATH_EVENTS:
-            if args and not inside(
-                args[0], allow_read=event in ("os.listdir", "os.scandir", "glob.glob")
-            ):
-                deny(f"{event} {args[0]!r} outside the work dir")
-
-    sys.addaudithook(hook)
-
-
-def _vm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _value_text(value: object, cap: int) -> str | None:
-    """``str()`` of a returned value; floats that are whole numbers lose their ``.0``."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return str(value)[:cap]
-
-
-def _run_program(job: dict, ns: dict) -> object:
-    """Execute the job's code; return the answer value (tinygsm: call; llm_code: last expr)."""
-    import ast
-
-    if job["kind"] == "tinygsm":
-        exec(compile(job["program"], "<completion>", "exec"), ns)
-        return ns[job["entry"]]() if job.get("entry") else None
-    value = None
-    for block in job["blocks"]:  # blocks share one namespace, like notebook cells
-        tree = ast.parse(block)
-        value = None
-        last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
-        exec(compile(tree, "<llm-code>", "exec"), ns)
-        if last is not None:
-            value = eval(compile(ast.Expression(last.value), "<llm-code>", "eval"), ns)
-    return value
-
-
-def _child_main(job: dict, limits: Limits, workdir: str, result_fd: int, blocked_modules: list[str]) -> None:
-    """Body of the forked child. Never returns: ends with os._exit. `blocked_modules`: the
-    loaded modules model code must not reach (listed by the parent: walking sys.modules here
-    would touch, and so copy, a page per module entry)."""
-    import resource
-
-    try:
-        read_roots = _read_roots()  # before the uid drop: imports may not work after it
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.dup2(result_fd, 3)
-        os.closerange(4, 1 << 16)
-        for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGPIPE, signal.SIGXCPU):
-            signal.signal(sig, signal.SIG_DFL)
-        os.chdir(workdir)
-        if _LIBC is not None:  # die with the worker, e.g. when it is killed mid-job
-            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getuid() == 0:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-        vm = _vm_bytes()
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 1))
-        memory = vm + (limits.memory_mb << 20)
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size_mb << 20,) * 2)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files,) * 2)
-        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-        os.environ.clear()
-        os.environ.update({"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8"})
-        for name in blocked_modules:
-            del sys.modules[name]
-    except BaseException as e:  # the sandbox could not be set up: run nothing
-        os.write(3, json.dumps({"error": f"sandbox setup failed: {e!r}"}).encode())
-        os._exit(0)
-
-    out = _CappedText(limits.output_bytes)
-    sys.stdout = sys.stderr = out
-    violations: list[str] = []
-    result: dict = {}
-    _install_audit_hook(workdir, violations, read_roots)
-    try:
-        value = _run_program(job, {"__name__": "__main__", "__builtins__": __builtins__})
-        result["value"] = _value_text(value, limits.answer_chars)
-    except BaseException as e:  # SystemExit, KeyboardInterrupt, custom BaseException too
-        try:
-            result["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-        except BaseException:
-            result["error"] = "exception (unprintable)"
-    try:
-        result["stdout"] = out.getvalue()[-2000:]
-        result["violations"] = [str(v)[:200] for v in violations[:5]]
-        payload = json.dumps(result).encode()
-    except BaseException:
-        payload = json.dumps({"error": "result could not be serialised"}).encode()
-    try:
-        os.write(3, payload[: 1 << 20])
-    finally:
-        os._exit(0)
-
-
+log = logging.getLogger(__name__)
+CLONE_NEWNET = 0x40000000
+# ECHO_NEMO_SANDBOX_NETNS=0 skips the network namespace (e.g. to test the fallback).
+NETNS_ENV = env.SANDBOX_NETNS.name
+# Test-only: a comma list of layers to leave off, to prove the others hold alone.
+LAYERS_OFF_ENV = env.SANDBOX_LAYERS_OFF.name
+LAYERS = ("landlock", "seccomp", "network_namespace", "audit_hook")
+# The layers `reward serve --strict` requires: the filesystem and syscall fences.
+REQUIRED_BY_STRICT = ("landlock", "seccomp")
 # A child that is runnable but starved of CPU (state R on an oversubscribed machine) gets
 # up to this multiple of its wall limit; a sleeping or blocked child is killed on time.
 STARVED_GRACE = 3.0
+
+
+# ---------------------------------------------------------------------------
+# The worker process: trusted; holds the truths; runs jobs in its main thread
+# ---------------------------------------------------------------------------
+
+# Loaded by the worker before it forks its zygotes: the uid-65534 child cannot read a
+# stdlib under /root, so modules it may need must already be loaded (socket too, so that a
+# socket attempt meets the audit hook instead of an ImportError).
+_PRELOAD = ("math", "cmath", "fractions", "decimal", "numbers", "itertools", "functools",
+            "operator", "collections", "heapq", "bisect", "statistics", "random", "datetime",
+            "calendar", "time", "string", "re", "json", "copy", "typing", "dataclasses", "enum",
+            "textwrap", "encodings.idna")  # fmt: skip
+# Only in the full zygote: numpy and sympy for model code, sqlite3 so that C-level file
+# writers meet the OS layers rather than an ImportError in the attack tests.
+_HEAVY = ("numpy", "sympy", "sqlite3")
+_ZYGOTES: dict[str, Zygote] = {}  # "lean", "full"; set in a worker only
+_RETIRE = False  # set when a zygote died: the worker answers, then exits
 
 
 def _starved(pid: int) -> bool:
@@ -301,74 +129,60 @@ def _starved(pid: int) -> bool:
         return False
 
 
-_BLOCKED_LOADED: tuple[int, list[str]] = (-1, [])
-
-
-def _blocked_modules() -> list[str]:
-    """The loaded modules under _BLOCKED_IMPORTS, listed again only when sys.modules has
-    grown or shrunk: walking it touches every entry, and after each fork every touched page
-    costs the worker a fault."""
-    global _BLOCKED_LOADED
-    if _BLOCKED_LOADED[0] != len(sys.modules):
-        names = [name for name in sys.modules if name.split(".")[0] in _BLOCKED_IMPORTS]
-        _BLOCKED_LOADED = (len(sys.modules), names)
-    return _BLOCKED_LOADED[1]
-
-
 def execute(job: dict, limits: Limits, base_dir: str) -> dict:
-    """Run `job` in a forked child under `limits`; return its result dict.
+    """Run `job` in a child of one of this worker's zygotes; return its result dict.
 
     Called in a worker's main thread. The result has `value` (str | None) or `error`,
-    plus `stdout` and `violations`. Code that contains no "import" is forked from the
-    worker's lean fork parent when it has one (`_LeanParent`), the rest from the worker.
+    plus `stdout` and `violations`. Code that contains no "import" goes to the lean
+    zygote, the rest to the full one. The child's rlimits are the worker's `Limits`.
     """
-    global _LEAN
+    global _RETIRE
     code = job.get("program") or "".join(job.get("blocks") or ())
-    if _LEAN is not None and limits == _LEAN.limits and "import" not in code:
-        try:
-            return _LEAN.run(job)
-        except (OSError, ValueError):  # it died (it never runs model code): fork here from now on
-            _LEAN = None
-    return _fork_and_run(job, limits, base_dir)
+    zygote = _ZYGOTES["lean" if "import" not in code else "full"]
+    try:
+        return _run_child(zygote, job, limits, base_dir)
+    except ZygoteDied as e:
+        _RETIRE = True
+        return {"error": f"sandbox unavailable: {e}", "fatal": True}
 
 
-def _fork_and_run(job: dict, limits: Limits, base_dir: str) -> dict:
-    """Fork a child that runs `job` under `limits`, wait for it, return its result dict."""
+def _run_child(zygote: Zygote, job: dict, limits: Limits, base_dir: str) -> dict:
     workdir = tempfile.mkdtemp(prefix="run-", dir=base_dir)
-    if os.getuid() == 0:
-        os.chown(workdir, NOBODY, NOBODY)
-    blocked = _blocked_modules()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
+    try:
+        if os.getuid() == 0:
+            os.chown(workdir, NOBODY, NOBODY)
+        pid, result_fd = zygote.start(job, workdir)
         try:
-            os.close(read_fd)
-            _child_main(job, limits, workdir, write_fd, blocked)
+            data, killed = _collect(pid, result_fd, limits)
         finally:
-            os._exit(70)
-    os.close(write_fd)
+            os.close(result_fd)
+        status = zygote.wait()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return _interpret(data, killed, status, limits)
+
+
+def _collect(pid: int, fd: int, limits: Limits) -> tuple[bytes, str | None]:
+    """Read the child's result until EOF; SIGKILL it past its wall limit or result cap."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:  # already exited and reaped: its output is in the pipe
+        pidfd = None
     chunks, size, killed = [], 0, None
     start = time.monotonic()
     deadline = start + limits.wall_s
     try:
         while True:
             left = deadline - time.monotonic()
-            if (
-                left <= 0
-                and _starved(pid)
-                and time.monotonic() - start < STARVED_GRACE * limits.wall_s
-            ):
-                deadline += (
-                    0.25  # runnable but not scheduled (a busy machine): its CPU limit still holds
-                )
+            if left <= 0 and _starved(pid) and time.monotonic() - start < STARVED_GRACE * limits.wall_s:
+                deadline += 0.25  # runnable but not scheduled (a busy machine): its CPU limit holds
                 continue
             if left <= 0:
                 killed = f"timeout: wall time limit ({limits.wall_s:g} s) exceeded"
                 break
-            ready, _, _ = select.select([read_fd], [], [], left)
-            if not ready:
+            if not select.select([fd], [], [], left)[0]:
                 continue
-            data = os.read(read_fd, 65536)
+            data = os.read(fd, 65536)
             if not data:
                 break
             size += len(data)
@@ -377,11 +191,15 @@ def _fork_and_run(job: dict, limits: Limits, base_dir: str) -> dict:
                 break
             chunks.append(data)
     finally:
-        if killed:
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        os.close(read_fd)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if killed and pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if pidfd is not None:
+            os.close(pidfd)
+    return b"".join(chunks), killed
+
+
+def _interpret(data: bytes, killed: str | None, status: int, limits: Limits) -> dict:
+    """The child's result dict from its output and wait status (errors marked fatal)."""
     if killed:
         return {"error": killed, "fatal": True}
     if os.WIFSIGNALED(status):
@@ -393,7 +211,7 @@ def _fork_and_run(job: dict, limits: Limits, base_dir: str) -> dict:
             return {"error": f"file size limit ({limits.file_size_mb} MiB) exceeded", "fatal": True}
         return {"error": f"crashed: killed by {name}", "fatal": True}
     try:
-        result = json.loads(b"".join(chunks) or b"null")
+        result = json.loads(data or b"null")
     except ValueError:
         result = None
     if not isinstance(result, dict):
@@ -408,159 +226,99 @@ def _fork_and_run(job: dict, limits: Limits, base_dir: str) -> dict:
     return result
 
 
-# ---------------------------------------------------------------------------
-# The worker process: trusted; runs jobs in its main thread
-# ---------------------------------------------------------------------------
-
-# Imported by the worker before any fork: the uid-65534 child cannot read a stdlib under
-# /root, so modules it may need must already be loaded (socket too, so that a socket
-# attempt meets the audit hook instead of an ImportError).
-_PRELOAD = ("math", "cmath", "fractions", "decimal", "numbers", "itertools", "functools",
-            "operator", "collections", "heapq", "bisect", "statistics", "random", "datetime",
-            "calendar", "time", "string", "re", "json", "copy", "typing", "dataclasses", "enum",
-            "textwrap", "socket", "encodings.idna", "numpy", "sympy", "math_verify")  # fmt: skip
-PR_SET_PDEATHSIG = 1
-_LIBC = None  # the worker's libc handle (ctypes), loaded before any model code runs
-CLONE_NEWNET = 0x40000000
-# ECHO_NEMO_SANDBOX_NETNS=0 skips the network namespace (e.g. to test the fallback).
-NETNS_ENV = "ECHO_NEMO_SANDBOX_NETNS"
-
-
 def _only_loopback() -> bool:
     """True when this process sees no network interface but loopback."""
-    import socket
-
     return {name for _, name in socket.if_nameindex()} <= {"lo"}
 
 
-def _harden_worker(try_netns: bool) -> dict:
-    """Die with the parent; leave the network when allowed. Returns the protections in force.
-
-    The network namespace counts only when ``unshare(CLONE_NEWNET)`` succeeded and the
-    worker then sees no interface but loopback (checked, not assumed). rlimits and the
-    audit hook are applied in every forked child; the uid drop needs root.
-    """
-    import ctypes
-
-    global _LIBC
-    libc = _LIBC = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # parent already gone
-        os._exit(0)
-    if not try_netns:
-        netns, note = False, f"disabled ({NETNS_ENV}=0)"
+def _leave_network(libc: ctypes.CDLL, wanted: bool) -> dict:
+    """Enter a new network namespace when allowed. It counts only when
+    ``unshare(CLONE_NEWNET)`` succeeded and no interface but loopback is left (checked)."""
+    if not wanted:
+        netns, note = False, "disabled"
     elif libc.unshare(CLONE_NEWNET) != 0:
-        netns = False
-        note = f"unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}"
+        netns, note = False, f"unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}"
     else:
         netns = _only_loopback()
         note = "new namespace, loopback only" if netns else "new namespace still shows interfaces"
+    return {"network_namespace": netns, "network_namespace_note": note}
+
+
+def _preload(names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def _probe(zygote: Zygote, limits: Limits, base_dir: str) -> dict:
+    result = _run_child(zygote, {"kind": "probe"}, limits, base_dir)
+    return result.get("probe") or {"landlock": False, "seccomp": False, "error": result.get("error")}
+
+
+def _start_zygotes(layers: dict, limits: Limits, base_dir: str, close_fds: tuple[int, ...]) -> dict:
+    """Fork the lean and the full zygote (before any job), probe both; the protections."""
+    plan = confine.plan(landlock=layers["landlock"], seccomp=layers["seccomp"])
+    read_roots = confine.read_roots()
+    blocked = tuple(n for n in sys.modules if n.split(".")[0] in BLOCKED_IMPORTS)
+    _preload(_PRELOAD)
+    setup = ChildSetup(limits, plan, layers["audit_hook"], read_roots, blocked)
+    _ZYGOTES["lean"] = Zygote(setup, close_fds)
+    _preload(_HEAVY)
+    _ZYGOTES["full"] = Zygote(setup, close_fds + (_ZYGOTES["lean"].sock.fileno(),))
+    probes = [_probe(z, limits, base_dir) for z in _ZYGOTES.values()]
+    landlock = bool(plan.landlock_abi) and all(p.get("landlock") for p in probes)
+    seccomp = plan.seccomp and all(p.get("seccomp") for p in probes)
+    failed = lambda layer: f"; the probe found it not in force {probes}"  # noqa: E731
     return {
-        "network_namespace": netns,
-        "network_namespace_note": note,
+        "landlock": landlock,
+        "landlock_abi": plan.landlock_abi,
+        "landlock_note": plan.landlock_note + ("" if landlock or not plan.landlock_abi else failed("landlock")),
+        "seccomp": seccomp,
+        "seccomp_note": plan.seccomp_note + ("" if seccomp or not plan.seccomp else failed("seccomp")),
         "uid_drop": os.getuid() == 0,
         "rlimits": True,
-        "audit_hook": hasattr(sys, "addaudithook"),
+        "audit_hook": layers["audit_hook"],
+        "answer_isolation": "fork servers started before any job",
     }
 
 
-# What only the worker loads (math-verify needs sympy): the lean fork parent has the rest.
-_HEAVY = ("numpy", "sympy", "math_verify")
-_LEAN: _LeanParent | None = None  # set in a worker only
-
-
-class _LeanParent:
-    """A process forked from the worker before it loads numpy, sympy and math-verify, that
-    forks the children for code containing no "import" (all of echo-lab's code and most of
-    GSM8K-style code). A fork copies the parent's page tables and the exit tears them
-    down: measured alone, an execution costs ~6 ms of CPU forked from here against ~10 ms
-    from the full worker. The children are the same (`_child_main`, the same limits and
-    protections); only code that imports may need a module this process lacks (and, as
-    uid 65534, cannot load), so that code is forked from the worker."""
-
-    def __init__(self, limits: Limits, base_dir: str, close_fds: tuple[int, ...]) -> None:
-        job_r, job_w = os.pipe()
-        result_r, result_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                for fd in (job_w, result_r, *close_fds):  # the worker's protocol pipe among them
-                    os.close(fd)
-                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-                _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-                if os.getppid() != 1:
-                    _serve_lean(job_r, result_w, limits, base_dir)
-            finally:
-                os._exit(0)
-        os.close(job_r)
-        os.close(result_w)
-        self.limits = limits
-        self.jobs = os.fdopen(job_w, "wb", buffering=0)
-        self.results = os.fdopen(result_r, "rb")
-
-    def run(self, job: dict) -> dict:
-        self.jobs.write((json.dumps(job) + "\n").encode())
-        line = self.results.readline()
-        if not line:
-            raise OSError("the lean fork parent exited")
-        return json.loads(line)
-
-
-def _serve_lean(job_fd: int, result_fd: int, limits: Limits, base_dir: str) -> None:
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    results = os.fdopen(result_fd, "wb", buffering=0)
-    for line in os.fdopen(job_fd, "rb"):
-        try:
-            result = _fork_and_run(json.loads(line), limits, base_dir)
-        except Exception as e:  # a bug in trusted code: report it, keep serving
-            result = {"error": f"worker error: {type(e).__name__}: {e}"}
-        results.write((json.dumps(result) + "\n").encode())
-
-
-def worker_main(handler: str, limits: Limits, try_netns: bool = True) -> None:
-    """Read JSON jobs from stdin, answer JSON lines on the original stdout."""
-    import importlib
-    import logging
-
+def worker_main(handler: str, limits: Limits, layers: dict) -> None:
+    """Read JSON jobs from stdin, answer JSON lines on the original stdout. `layers`: which
+    of LAYERS to apply (all but test runs)."""
     proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
-    info = {"protections": _harden_worker(try_netns)}
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # parent already gone
+        os._exit(0)
+    protections = _leave_network(libc, layers["network_namespace"])
     logging.disable(logging.WARNING)
     base_dir = os.getcwd()
-    _read_roots()  # warm the cache: forked children must not need new imports
-    for heavy in (False, True):
-        for name in _PRELOAD:
-            if (name in _HEAVY) is heavy:
-                try:
-                    importlib.import_module(name)
-                except ImportError:
-                    pass
-        if not heavy:
-            global _LEAN
-            _LEAN = _LeanParent(limits, base_dir, close_fds=(proto_out.fileno(),))
-    import gc
-
+    protections.update(_start_zygotes(layers, limits, base_dir, (proto_out.fileno(),)))
+    _preload(("math_verify",))
     gc.collect()
-    gc.freeze()  # keep the collector off the preloaded objects: fewer copied pages per fork
+    gc.freeze()
     module, func = handler.split(":")
     run = getattr(importlib.import_module(module), func)
-    proto_out.write((json.dumps({"ready": True, **info}) + "\n").encode())
+    proto_out.write((json.dumps({"ready": True, "protections": protections}) + "\n").encode())
     for line in sys.stdin.buffer:
         job = json.loads(line)
         try:
             result = run(job, limits, base_dir)
         except Exception as e:  # a bug in trusted code: report it, keep serving
             result = {"error": f"worker error: {type(e).__name__}: {e}"}
+        if _RETIRE:
+            result["retire"] = True
         proto_out.write((json.dumps(result) + "\n").encode())
+        if _RETIRE:
+            os._exit(0)
 
 
 # ---------------------------------------------------------------------------
 # The pool: lives in the caller's process, runs no model code itself
 # ---------------------------------------------------------------------------
-
 
 class WorkerDied(RuntimeError):
     pass
@@ -569,7 +327,7 @@ class WorkerDied(RuntimeError):
 class _Worker:
     """Parent-side handle of one worker process."""
 
-    def __init__(self, handler: str, limits: Limits, start_timeout: float, netns: bool) -> None:
+    def __init__(self, handler: str, limits: Limits, start_timeout: float, layers: dict) -> None:
         self.base_dir = tempfile.mkdtemp(prefix="echo-nemo-sandbox-")
         os.chmod(self.base_dir, 0o711)  # the uid-65534 child must reach its run dir
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": self.base_dir,
@@ -579,11 +337,11 @@ class _Worker:
         entry = (
             "import sys, json; sys.path.insert(0, sys.argv[3]); "
             "from echo_nemo.reward.sandbox import Limits, worker_main; "
-            "worker_main(sys.argv[1], Limits(**json.loads(sys.argv[2])), sys.argv[4] == '1')"
+            "worker_main(sys.argv[1], Limits(**json.loads(sys.argv[2])), json.loads(sys.argv[4]))"
         )
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         cmd = [sys.executable, "-I", "-c", entry, handler, json.dumps(asdict(limits)), package_root,
-               "1" if netns else "0"]  # fmt: skip
+               json.dumps(layers)]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=self.base_dir, env=env,
             start_new_session=True,
@@ -636,6 +394,28 @@ class _Worker:
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
+def layers_in_force(protections: dict) -> list[str]:
+    """The sandbox layers in force, by name (Landlock with its ABI version)."""
+    names = [f"landlock (ABI {protections.get('landlock_abi')})"] if protections.get("landlock") else []
+    return names + [name.replace("_", " ") for name in ("seccomp", "network_namespace", "uid_drop",
+                    "rlimits", "audit_hook") if protections.get(name)]  # fmt: skip
+
+
+def _layers(network_namespace: bool | None, layers_off: tuple[str, ...] | None) -> dict:
+    """Which of LAYERS to apply: all, less `layers_off` (default: LAYERS_OFF_ENV, a
+    test-only comma list) and the network namespace when NETNS_ENV=0."""
+    if layers_off is None:
+        layers_off = env.sandbox_layers_off()
+    unknown = set(layers_off) - set(LAYERS)
+    if unknown:
+        raise UserError(f"unknown sandbox layers {sorted(unknown)} (${LAYERS_OFF_ENV}); expected some of {LAYERS}")
+    layers = {name: name not in layers_off for name in LAYERS}
+    if network_namespace is None:
+        network_namespace = env.sandbox_netns()
+    layers["network_namespace"] = layers["network_namespace"] and network_namespace
+    return layers
+
+
 class WorkerPool:
     """N sandbox worker processes fed from one job queue by N dispatcher threads.
 
@@ -653,11 +433,12 @@ class WorkerPool:
         max_jobs: int = 5000,
         start_timeout_s: float = 120.0,
         network_namespace: bool | None = None,
+        layers_off: tuple[str, ...] | None = None,
     ) -> None:
         self.limits = limits or Limits()
-        if network_namespace is None:
-            network_namespace = os.environ.get(NETNS_ENV, "1") != "0"
-        self.network_namespace = network_namespace
+        self.layers = _layers(network_namespace, layers_off)
+        self.network_namespace = self.layers["network_namespace"]
+        self._warned = False
         self.handler = handler
         # Room for one (possibly starved) execution plus math-verify's own alarms.
         self.job_timeout_s = job_timeout_s or STARVED_GRACE * self.limits.wall_s + 30.0
@@ -681,9 +462,18 @@ class WorkerPool:
                 w.kill()
                 self.restarts += 1
             w = self.workers[slot] = _Worker(
-                self.handler, self.limits, self.start_timeout_s, self.network_namespace
+                self.handler, self.limits, self.start_timeout_s, self.layers
             )
+            self._warn_once(w.info.get("protections", {}))
         return w
+
+    def _warn_once(self, protections: dict) -> None:
+        """Say once per pool which OS layers this machine could not apply."""
+        missing = [f"{k} ({protections.get(k + '_note', '')})" for k in REQUIRED_BY_STRICT
+                   if not protections.get(k)]  # fmt: skip
+        if missing and not self._warned:
+            self._warned = True
+            log.warning("sandbox running without %s", ", ".join(missing))
 
     def _dispatch(self, slot: int) -> None:
         try:  # start eagerly so the first batch does not wait for imports
@@ -704,6 +494,10 @@ class WorkerPool:
                     self.workers[slot] = None
                     self.restarts += 1
                 result = {"error": f"worker failed: {e}"}
+            if result.pop("retire", False):  # its zygote died: the worker exits, replace it
+                self.workers[slot].kill()
+                self.workers[slot] = None
+                self.restarts += 1
             future.set_result(result)
 
     def submit(self, job: dict) -> Future:
@@ -727,13 +521,16 @@ class WorkerPool:
         return False
 
     def info(self) -> dict:
-        """Workers, live workers, restarts, and the protections a live worker reported."""
+        """Workers, live workers, restarts, the protections a live worker reported (each
+        layer, on or off, with why) and `layers`, the names of those in force."""
         live = [w for w in self.workers if w is not None and w.proc.poll() is None]
+        protections = live[0].info.get("protections", {}) if live else {}
         return {
             "workers": len(self.workers),
             "live": len(live),
             "restarts": self.restarts,
-            "protections": live[0].info.get("protections", {}) if live else {},
+            "protections": protections,
+            "layers": layers_in_force(protections),
         }
 
     def close(self) -> None:

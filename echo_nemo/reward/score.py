@@ -17,11 +17,11 @@ is the same function for an asyncio caller (the server's micro-batcher).
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from echo_nemo import env
 from echo_nemo.reward.formats import classify, parse_completion
 from echo_nemo.reward.sandbox import Limits, WorkerPool, execute, register_pool
 from echo_nemo.reward.truth import UnreadableGroundTruth, read_ground_truth
@@ -59,6 +59,7 @@ class Score:
 
 def evaluate_job(job: dict, limits: Limits, base_dir: str) -> dict:
     """Score one item. Runs in a sandbox worker's main thread (see sandbox.worker_main)."""
+    # math-verify (and sympy) load only in the sandbox worker, never in the caller's process
     from echo_nemo.reward.equivalence import is_equivalent, parse_ground_truth, plain_integer
 
     parsed = parse_completion(job["completion"])
@@ -114,7 +115,7 @@ _POOL_LOCK = threading.Lock()
 
 def default_workers() -> int:
     """ECHO_NEMO_REWARD_WORKERS, else min(4, CPU count)."""
-    return int(os.environ.get("ECHO_NEMO_REWARD_WORKERS", min(4, os.cpu_count() or 1)))
+    return env.reward_workers()
 
 
 def get_pool() -> WorkerPool:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from echo_nemo.model.build import causal_forward
-from echo_nemo.model.generate import Rollout, gather_logits
+from echo_nemo.model.forward import causal_forward
+from echo_nemo.model.generate import Rollout
+from echo_nemo.parallel import gather_logits
 from echo_nemo.rl.losses import entropy_from_logits, token_logprobs
 
 

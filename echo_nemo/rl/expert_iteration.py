@@ -24,7 +24,7 @@ from echo_nemo.rl.algorithm import Algorithm, Batch
 from echo_nemo.rl.experience import Experience, build_experience, micro_batches, sequence_logprobs
 from echo_nemo.rl.loop import optimizer_step
 from echo_nemo.rl.losses import masked_mean
-from echo_nemo.threads import follow_share
+from echo_nemo.speed import between_steps
 
 
 def filter_and_dedupe(question_ids: list[str], completions: list[str], rewards: list[float]) -> tuple[list[int], int]:
@@ -79,7 +79,7 @@ class ExpertIteration(Algorithm):
         for start in tqdm(range(0, len(questions), chunk), desc=f"ei round {rnd} sampling", leave=False,
                           disable=not D.is_main()):
             qs = questions[start : start + chunk]
-            follow_share()  # a round is one long phase
+            between_steps()  # a round is one long phase
             parts.append(run.generate(qs, rnd * 1_000_003 + start, samples=cfg.ei.samples_per_question,
                                       temperature=cfg.ei.temperature, top_p=cfg.ei.top_p))
         return Batch(questions, _concat(parts), cfg.ei.samples_per_question)
@@ -122,7 +122,7 @@ def sft(run, exp: Experience) -> dict[str, float]:
     for _epoch in range(cfg.ei.sft_epochs):
         order = torch.randperm(len(exp), generator=gen).to(run.device)
         for b in range(0, len(exp), bs):
-            follow_share()
+            between_steps()
             idx = order[b : b + bs]
             total = exp.mask[idx].sum().clamp(min=1)
             batch_loss = 0.0

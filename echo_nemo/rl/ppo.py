@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from echo_nemo.model.build import causal_forward
+from echo_nemo.model.forward import causal_forward
 from echo_nemo.rl.advantages import gae, whiten
 from echo_nemo.rl.algorithm import Algorithm, AuxModel, clone_model
 from echo_nemo.rl.experience import Experience, length_batches

@@ -44,7 +44,7 @@ from echo_nemo.rl.grpo import GRPO
 from echo_nemo.rl.losses import masked_mean
 from echo_nemo.rl.ppo import PPO
 from echo_nemo.rl.reinforce import Reinforce
-from echo_nemo.threads import follow_share
+from echo_nemo.speed import between_steps
 from echo_nemo.tokenizer import load_tokenizer
 
 ALGORITHMS: dict[str, type[Algorithm]] = {"ppo": PPO, "grpo": GRPO, "reinforce": Reinforce, "ei": ExpertIteration}
@@ -127,7 +127,7 @@ class RLRun:
     # --- timers and steps
     @contextlib.contextmanager
     def timer(self, phase: str) -> Iterator[None]:
-        follow_share()  # a study may re-divide the cores between its runs
+        between_steps()  # a study may re-divide the cores between its runs
         t0 = time.perf_counter()
         try:
             yield

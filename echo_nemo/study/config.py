@@ -109,7 +109,7 @@ class Budget:
     # array_parallelism); runs side by side share the cores (OMP_NUM_THREADS = cores // runs)
     at_once: int = 0
     # true: under --cluster local a run left alone takes the cores freed by those that
-    # finished (echo_nemo.threads). Faster, but torch's float results change with the
+    # finished (echo_nemo.cpu.threads). Faster, but torch's float results change with the
     # thread count, so a run's numbers then depend on when its neighbours finish.
     share_cores: bool = False
     minutes: StageMinutes = field(default_factory=StageMinutes)

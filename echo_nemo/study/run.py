@@ -25,13 +25,13 @@ from pathlib import Path
 
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
+from echo_nemo.cpu.threads import write_share
+from echo_nemo.env import THREADS_FILE
 from echo_nemo.errors import UserError
 from echo_nemo.launch.config import ClusterProfile, load_profile
 from echo_nemo.launch.submit import LOG_DIR, PointJob, is_done, make_executor
 from echo_nemo.study.config import STAGES
 from echo_nemo.study.plan import StudyPlan, StudyRun
-from echo_nemo.threads import ENV as THREADS_ENV
-from echo_nemo.threads import write_share
 
 POLL_S = 2.0  # how often a local pool looks for a finished run
 
@@ -180,7 +180,7 @@ def _share_file(plan: StudyPlan, run: StudyRun) -> Path:
 
 def _share_cores(plan: StudyPlan, running: list[StudyRun]) -> None:
     """Divide the cores among the local runs going now (the longest first gets any
-    remainder); each follows its share file while it runs (echo_nemo.threads)."""
+    remainder); each follows its share file while it runs (echo_nemo.cpu.threads)."""
     if not running:
         return
     cores = os.cpu_count() or 1
@@ -201,7 +201,7 @@ def _threads_per_run(at_once: int, share_file: Path | None = None):
     env = {"OMP_NUM_THREADS": str(threads)}
     if share_file is not None:
         write_share(share_file, threads)
-        env[THREADS_ENV] = str(share_file)
+        env[THREADS_FILE.name] = str(share_file)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

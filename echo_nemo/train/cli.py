@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from echo_nemo.cli import add_out_option
+from echo_nemo.cli_args import add_out_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -35,9 +35,10 @@ from echo_nemo.config import save_config
 from echo_nemo.data.loader import ShardLoader, read_manifest
 from echo_nemo.errors import UserError
 from echo_nemo.metrics import MetricsLogger, truncate_metrics
-from echo_nemo.model.build import build_gpt, causal_forward
+from echo_nemo.model.build import build_gpt
+from echo_nemo.model.forward import causal_forward
 from echo_nemo.model.scales import flops_per_token, get_scale, param_counts
-from echo_nemo.threads import follow_share
+from echo_nemo.speed import between_steps
 from echo_nemo.tokenizer import load_tokenizer
 from echo_nemo.train.config import PretrainConfig
 from echo_nemo.train.mfu import BestPeak, mfu
@@ -168,7 +169,7 @@ def _pretrain(cfg: PretrainConfig) -> Path:
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not D.is_main(), desc="pretrain")
     model.train()
     while step < cfg.train.steps:
-        follow_share()  # a study may re-divide the cores between its runs
+        between_steps()  # a study may re-divide the cores between its runs
         t0 = time.perf_counter()
         lr = scheduler.get_last_lr()[0]
         sums = torch.zeros(2, device=device)  # [loss over positions, share of real tokens]

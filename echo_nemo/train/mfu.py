@@ -6,10 +6,11 @@ fp32 matmul throughput measured at start-up with the threads torch will use.
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
+
+from echo_nemo import env
 
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from NVIDIA datasheets (SXM parts
 # unless named). Matched in order against torch.cuda.get_device_name(): the first key
@@ -25,14 +26,14 @@ GPU_BF16_PEAK = {
     "L4": 121e12,
     "A10": 125e12,
 }
-PEAK_ENV = "ECHO_NEMO_PEAK_TFLOPS"  # set it for a GPU not listed here (dense bf16 TFLOP/s)
+PEAK_ENV = env.PEAK_TFLOPS.name  # set it for a GPU not listed here (dense bf16 TFLOP/s)
 
 
 def gpu_peak_flops(name: str | None = None) -> float | None:
     """The bf16 peak of the current (or named) GPU: $ECHO_NEMO_PEAK_TFLOPS when set, else the
     table above; None when unknown (MFU is then reported as nan)."""
-    if os.environ.get(PEAK_ENV):
-        return float(os.environ[PEAK_ENV]) * 1e12
+    if (peak := env.peak_tflops()) is not None:
+        return peak * 1e12
     name = name or (torch.cuda.get_device_name() if torch.cuda.is_available() else "")
     for key, peak in GPU_BF16_PEAK.items():
         if key in name:

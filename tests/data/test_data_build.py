@@ -18,11 +18,10 @@ import pytest
 from reference_build import reference_build
 
 from echo_nemo.config import load_recipe
-from echo_nemo.data.build import plan_sources
+from echo_nemo.data.build import build_shards, plan_sources
 from echo_nemo.data.config import DataRecipe, SourceSpec
 from echo_nemo.data.loader import read_shard
 from echo_nemo.data.mixtures import interleave
-from echo_nemo.data.shards import build_shards
 from echo_nemo.data.sources import load_documents, source_items
 from echo_nemo.errors import UserError
 
@@ -148,7 +147,6 @@ def _proc_state(pid: int) -> str:
         return "Z"
 
 
-@pytest.mark.slow
 def test_sigkill_mid_build_resumes_to_identical_shards_and_manifest(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from echo_nemo.config import load_recipe
+from echo_nemo.data.build import build_shards
 from echo_nemo.data.config import DataRecipe
 from echo_nemo.data.loader import ShardLoader, read_manifest, read_shard, verify_shards
-from echo_nemo.data.shards import build_shards, pack_best_fit
+from echo_nemo.data.shards import pack_best_fit
 from echo_nemo.data.sources import load_documents
 from echo_nemo.errors import UserError
 from echo_nemo.tokenizer import load_tokenizer

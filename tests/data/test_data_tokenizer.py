@@ -141,8 +141,8 @@ def test_shards_record_the_tokenizer_and_pretrain_refuses_a_vocab_mismatch(token
     import shutil
 
     from echo_nemo.config import load_recipe
+    from echo_nemo.data.build import build_shards
     from echo_nemo.data.config import DataRecipe
-    from echo_nemo.data.shards import build_shards
 
     recipe = load_recipe(DataRecipe, "recipes/data/echo_tg_omi1_omi2.yaml",
                          ["echolab.num_problems=60", "echolab.num_background=0", "seq_length=64",

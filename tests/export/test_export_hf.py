@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from echo_nemo.distributed import run_distributed
-from echo_nemo.export.hf import fuse_qkv, hf_to_megatron, megatron_to_hf, split_qkv
+from echo_nemo.export.hf import (
+    add_chat_template,
+    fuse_qkv,
+    hf_to_megatron,
+    megatron_to_hf,
+    split_qkv,
+)
 from echo_nemo.model.scales import Scale
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,7 +37,8 @@ def _make_checkpoint(run_dir: str) -> None:
     """A debug model trained 3 AdamW steps on random tokens (so no weight is at its init)."""
     from echo_nemo import distributed as D
     from echo_nemo.checkpoint import save_checkpoint
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.forward import causal_forward
     from echo_nemo.tokenizer import load_tokenizer
 
     D.init_distributed(tp=1, seed=3)
@@ -52,7 +59,7 @@ def _make_checkpoint(run_dir: str) -> None:
 
 def _our_logits(ckpt: str, ids: list[int], out: str) -> None:
     from echo_nemo.checkpoint import load_model_for_inference
-    from echo_nemo.model.build import causal_forward
+    from echo_nemo.model.forward import causal_forward
 
     model, _tok, cfg = load_model_for_inference(ckpt)
     with torch.no_grad():
@@ -88,6 +95,8 @@ def test_export_hf_logits_match_and_import_round_trips(checkpoint, tmp_path):
     hf_tok = AutoTokenizer.from_pretrained(hf_dir)
     ids = load_tokenizer().encode(TEXT)
     assert hf_tok(TEXT)["input_ids"] == ids
+    user_turn = [{"role": "user", "content": TEXT}]
+    assert hf_tok.apply_chat_template(user_turn, tokenize=False, add_generation_prompt=True) == TEXT + "\n\n"
 
     ours = our_logits(checkpoint, ids, tmp_path)
     with torch.no_grad():
@@ -146,3 +155,61 @@ def test_export_qkv_and_fc1_layouts_invert_and_place_heads():
     back = megatron_to_hf(meg, scale, vocab_size=10)
     assert back.keys() == hf.keys()
     assert all(torch.equal(back[k], hf[k]) for k in hf)
+
+
+def _chat_tokenizer(folder: Path):
+    """The project tokenizer saved as the exporter saves it, loaded by transformers."""
+    from transformers import AutoTokenizer
+
+    from echo_nemo.tokenizer import load_tokenizer
+
+    load_tokenizer().save(folder)
+    add_chat_template(folder / "tokenizer_config.json")
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def test_export_chat_template_renders_echo_nemo_rl_prompts(tmp_path):
+    """A chat-formatted user turn becomes exactly the prompt echo-nemo's RL samples from
+    (`Problem.prompt`), in text and in token ids, as TRL, OpenRLHF and NeMo-RL render it."""
+    from echo_nemo.data.sources import load_problems
+    from echo_nemo.tokenizer import load_tokenizer
+
+    tok = _chat_tokenizer(tmp_path / "tok")
+    ours = load_tokenizer()
+    for problem in load_problems("echolab_test", limit=5):
+        turn = [{"role": "user", "content": problem.question}]
+        text = tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        assert text == problem.prompt == problem.question + "\n\n"
+        ids = tok.apply_chat_template(turn, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+        assert ids == ours.encode(problem.prompt)
+        # the generation prompt adds nothing: the blank line already opens the answer
+        assert tok.apply_chat_template(turn, tokenize=False) == text
+
+
+def test_export_chat_template_conversations(tmp_path):
+    """Assistant turns end with EOS like pretraining documents; content None (TRL's tool-call
+    turns) is empty text, content blocks give their text; each longer conversation renders
+    as an extension of the shorter one (NeMo-RL tokenizes message logs from the differences)."""
+    tok = _chat_tokenizer(tmp_path / "tok")
+    eos = tok.eos_token
+    messages = [
+        {"role": "system", "content": "Solve it."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 2}}}]},
+        {"role": "tool", "content": "4"},
+        {"role": "assistant", "content": [{"type": "text", "text": "It is "}, {"type": "text", "text": "\\boxed{4}"}]},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    rendered = [tok.apply_chat_template(messages[: i + 1], tokenize=False) for i in range(len(messages))]
+    assert rendered[-1] == f"Solve it.\n\nWhat is 2+2?\n\n{eos}4\n\nIt is \\boxed{{4}}{eos}And 3+3?\n\n"
+    for shorter, longer in zip(rendered, rendered[1:]):
+        assert longer.startswith(shorter)
+    assert "None" not in rendered[-1]
+
+
+def test_export_chat_template_replaces_a_source_template(tmp_path):
+    cfg = tmp_path / "tokenizer_config.json"
+    cfg.write_text(json.dumps({"eos_token": "</s>", "chat_template": "{{ messages[0]['content'] }} [/INST]"}))
+    add_chat_template(cfg)
+    saved = json.loads(cfg.read_text())
+    assert saved["eos_token"] == "</s>" and "[/INST]" not in saved["chat_template"]

@@ -66,8 +66,10 @@ def _generate_on_cuda(out: str) -> None:
     import torch
 
     from echo_nemo import distributed as D
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
-    from echo_nemo.model.generate import gather_logits, generate
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.forward import causal_forward
+    from echo_nemo.model.generate import generate
+    from echo_nemo.parallel import gather_logits
     from echo_nemo.tokenizer import load_tokenizer
 
     D.init_distributed(tp=1, seed=0)
@@ -108,7 +110,8 @@ def _checkpoint_on_cuda(run_dir: str, out: str) -> None:
 
     from echo_nemo import checkpoint as C
     from echo_nemo import distributed as D
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.forward import causal_forward
     from echo_nemo.optim import OptimConfig
 
     D.init_distributed(tp=1, seed=0)

@@ -18,7 +18,9 @@ from echo_nemo.launch.config import ClusterProfile
 from echo_nemo.launch.submit import make_executor
 from echo_nemo.metrics import read_metrics
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# The two-task TP check runs in the default suite (one short job through sbatch and srun);
+# the sweeps and requeues, each a pretraining or RL run under the scheduler, are `slow`.
+pytestmark = pytest.mark.slurm
 
 
 def test_two_task_job_runs_tp2_forward_equal_to_tp1(slurm_cluster, tmp_path):
@@ -68,6 +70,7 @@ resources: {{time: "00:05:00", array_parallelism: 2}}
     return recipe
 
 
+@pytest.mark.slow
 def test_two_point_pretrain_sweep_completes_and_is_never_rerun(
     slurm_cluster, tiny_shards, tmp_path, cli
 ):
@@ -104,6 +107,7 @@ def test_two_point_pretrain_sweep_completes_and_is_never_rerun(
     assert len((sweep_dir / "jobs.jsonl").read_text().splitlines()) == 2  # nothing resubmitted
 
 
+@pytest.mark.slow
 def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tiny_shards, tmp_path):
     from echo_nemo.checkpoint import latest_checkpoint
     from echo_nemo.launch.status import sweep_status
@@ -143,6 +147,7 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm_cluster, tiny_shards, tm
     assert latest_checkpoint(run_dir).name == f"step_{steps}"
 
 
+@pytest.mark.slow
 def test_plain_sbatch_template_runs_pretraining_under_srun(slurm_cluster, tiny_shards, tmp_path):
     """slurm/pretrain.sbatch without submitit: the recipe and overrides reach
     `echo-nemo pretrain` under srun and the run completes as 2 tasks at TP=2."""
@@ -188,6 +193,7 @@ def _wait_for_steps(run_dir: Path, n: int, log: Path | None = None, timeout_s: f
     return len(read_metrics(run_dir))
 
 
+@pytest.mark.slow
 def test_sbatch_usr1_saves_requeues_and_resumes_exactly(slurm_cluster, tiny_shards, tmp_path, cli):
     """slurm/pretrain.sbatch at TP=2 (2 tasks): USR1 to the batch shell only (what
     `--signal=B:USR1@300` sends near the time limit); its trap forwards it through srun to
@@ -224,6 +230,7 @@ def test_sbatch_usr1_saves_requeues_and_resumes_exactly(slurm_cluster, tiny_shar
         assert abs(got[s] - ref_loss[s]) <= 1e-6, (s, got[s], ref_loss[s])
 
 
+@pytest.mark.slow
 def test_sweep_rl_point_usr1_requeues_through_submitit_and_resumes(slurm_cluster, tmp_path):
     """`scancel --signal=USR1` to a sweep's RL job (every task): the run saves after its
     step, PointJob hands over to submitit, which requeues the same job; it resumes and

@@ -1,12 +1,21 @@
-"""Hostile model code: every attack scores 0 with a reason, within its limit, and the
-pool keeps working. Runs a real WorkerPool with short limits."""
+"""Hostile model code against a real WorkerPool with short limits.
+
+The attack tests run twice: with the audit hook on, and with it off (the test-only layer
+switch) to prove the OS layers alone hold. Both runs leave the network namespace off, so
+sockets meet Landlock and seccomp, not an empty namespace. An attack fails the test if it
+is rewarded (each returns the truth only when it got through), writes anything into a
+world-writable directory outside its run dir, reaches the listening port, or kills a
+worker or fork server. All attacks of a run are scored in one call (the pool overlaps them).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -14,50 +23,65 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hostile import HOSTILE, hostile_completion  # noqa: E402
+from answer_search import llm_code_search, tinygsm_search, token  # noqa: E402
+from hostile import HOSTILE, RESOURCES, hostile_completion  # noqa: E402
 
 from echo_nemo.reward import score  # noqa: E402
 from echo_nemo.reward.sandbox import Limits, WorkerPool  # noqa: E402
 
 LIMITS = Limits(wall_s=2.0, cpu_s=1, memory_mb=512)
+# The attack runs: room for the answer-key search to finish on a loaded machine.
+ATTACK_LIMITS = Limits(wall_s=5.0, cpu_s=3, memory_mb=512)
 # Upper bound on one attack's scoring time: its wall limit plus room for a loaded machine.
 BUDGET_S = LIMITS.wall_s + 20
-ESCAPE_FILES = [f"/tmp/echo_nemo_sandbox_{n}.txt" for n in ("escape", "system", "ctypes")]
-
-EXPECTED_REASON = {
-    "infinite_loop": "limit",  # cpu or wall, whichever a loaded machine hits first
-    "deep_recursion": "",  # RecursionError, memory or time, depending on the platform
-    "fork_bomb": "os.fork",
-    "memory_bomb": "memory limit",
-    "huge_output": "limit",
-    "write_outside_workdir": "sandbox violation: open",
-    "read_outside_workdir": "sandbox violation: open",
-    "read_etc_passwd": "sandbox violation: open '/etc/passwd'",
-    "socket_to_local_port": "sandbox violation: socket",
-    "os_system": "sandbox violation: os.system",
-    "subprocess": "sandbox violation: subprocess",
-    "ctypes": "sandbox violation: import ctypes",
-    "sys_exit": "SystemExit",
-    "base_exception": "Escape",
-    "keyboard_interrupt": "KeyboardInterrupt",
-    "signal_handlers": "limit",
-    "sleep_past_limit": "timeout: wall time limit",
-    "os_exit": "exited without a result",
-    "kill_parent": "sandbox violation: os.kill",
-    "ctypes_via_loaded_handle": "sandbox violation: ctypes.",
-    "raw_socket_module": "sandbox violation: socket.__new__",
-}
+PROJECT_FILE = str(Path(__file__).resolve().parents[2] / "pyproject.toml")
+# Where the audit hook, when on, answers first (the OS layers hold behind it).
+HOOK_FIRST = ("write_open", "write_symlink_escape", "write_rename_out", "read_project",
+              "read_secret", "read_home", "read_etc_passwd", "read_parent_proc", "list_root", "socket_tcp",
+              "socket_raw_module", "fork", "posix_spawn", "forkpty", "os_system", "subprocess",
+              "ctypes", "kill_parent", "kill_process_group")  # fmt: skip
+OK = "def simple_math_problem():\n    return 6 * 7\n"
 
 
-@pytest.fixture(scope="module")
-def pool():
-    pool = WorkerPool(workers=2, limits=LIMITS)
+def _pool(limits: Limits = LIMITS, **kwargs) -> WorkerPool:
+    pool = WorkerPool(workers=2, limits=limits, **kwargs)
     assert pool.wait_ready()
-    yield pool
+    return pool
+
+
+@pytest.fixture(scope="module", params=["audit_hook_on", "audit_hook_off"])
+def attack_pool(request):
+    hook = request.param == "audit_hook_on"
+    pool = _pool(ATTACK_LIMITS, network_namespace=False, layers_off=() if hook else ("audit_hook",))
+    protections = pool.info()["protections"]
+    assert protections["audit_hook"] is hook and protections["network_namespace"] is False
+    if not hook and not (protections["landlock"] and protections["seccomp"]):
+        pool.close()
+        pytest.skip(f"no Landlock or seccomp on this kernel: {protections}")
+    yield pool, hook
     pool.close()
 
 
 @pytest.fixture(scope="module")
+def pool():
+    pool = _pool()
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def outside():
+    """A world-writable directory outside any run dir, holding one world-readable file."""
+    path = tempfile.mkdtemp(prefix="echo-nemo-outside-")
+    os.chmod(path, 0o777)
+    secret = os.path.join(path, "secret.txt")
+    Path(secret).write_text("not for model code")
+    os.chmod(secret, 0o666)
+    yield path, secret
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def listener():
     """A local TCP port that records any connection the sandbox lets through."""
     server = socket.socket()
@@ -84,37 +108,74 @@ def listener():
     server.close()
 
 
-def test_every_attack_scores_zero_with_a_reason_within_its_limit(pool, listener) -> None:
+def test_no_attack_escapes_or_is_rewarded(attack_pool, outside, listener) -> None:
+    pool, hook = attack_pool
+    out, secret = outside
     port, connections = listener
-    for path in ESCAPE_FILES:
-        Path(path).unlink(missing_ok=True)
     names = list(HOSTILE)
-    timings: dict[str, float] = {}
+    completions = [hostile_completion(n, port, out, secret, PROJECT_FILE, str(Path.home())) for n in names]
+    start = time.monotonic()
+    scores = score(completions + [OK], ["42"] * (len(names) + 1), pool=pool)
+    elapsed = time.monotonic() - start
+    assert scores[-1].reward == 1.0, scores[-1]  # a normal completion in the same batch scores
+    results = dict(zip(names, scores[:-1]))
+    failures = {n: s for n, s in results.items() if s.reward != 0.0}
+    assert not failures, failures
+    assert sorted(os.listdir(out)) == ["secret.txt"], os.listdir(out)  # nothing written outside
+    assert Path(secret).read_text() == "not for model code"
+    assert connections == []  # no socket reached the port
+    assert pool.restarts == 0 and pool.info()["live"] == 2  # no worker or fork server killed
+    assert elapsed < (ATTACK_LIMITS.wall_s + 20) * len(names) / 2, elapsed
+    violations = {n for n, s in results.items() if "sandbox violation" in (s.error or "")}
+    if hook:
+        assert set(HOOK_FIRST) <= violations, set(HOOK_FIRST) - violations
+    else:  # the OS refused: no audit hook was there to
+        assert not violations, violations
+        denied = {n for n, s in results.items() if any(why in (s.error or "") for why in (
+            "Permission", "not permitted", "can't start new thread",
+            "cross-device link",  # Landlock's answer to a link across its boundary
+            "unable to open database file"))}  # sqlite's words for EACCES  # fmt: skip
+        # the rest fail otherwise: a signal or limit, an ImportError, a C library's return code
+        expected = set(HOSTILE) - set(RESOURCES) - {"write_file_size", "subprocess", "ctypes",
+                                                    "ctypes_via_loaded_module", "os_system"}  # fmt: skip
+        assert expected <= denied, {n: results[n].error for n in expected - denied}
+    # the pool survived: a normal completion still scores
+    assert score([OK], ["42"], pool=pool)[0].reward == 1.0
 
-    def one(name: str):
-        start = time.monotonic()
-        result = score([hostile_completion(name, port)], ["42"], pool=pool)[0]
-        timings[name] = time.monotonic() - start
-        return result
 
-    # Score them concurrently (two workers) so the slow attacks overlap.
-    results: dict = {}
-    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, one(n))) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for name in names:
-        s = results[name]
-        assert s.reward == 0.0, (name, s)
-        assert s.error and EXPECTED_REASON[name] in s.error, (name, s)
-    # Each finished within its limit (queueing behind the others included).
-    assert max(timings.values()) < BUDGET_S * len(names) / 2, timings
-    assert connections == []
-    assert not any(os.path.exists(p) for p in ESCAPE_FILES)
-    # The pool survived: a normal completion still scores.
-    ok = score(["def simple_math_problem():\n    return 6 * 7\n"], ["42"], pool=pool)[0]
-    assert ok.reward == 1.0
+def test_model_code_never_sees_an_answer(attack_pool) -> None:
+    """Each search program gets its own unique truth; other items with unique truths are
+    scored in the same call. No search finds any of them (and each search finishes)."""
+    pool, hook = attack_pool
+    searches = [tinygsm_search(False), tinygsm_search(True), llm_code_search(False), llm_code_search(True)]
+    decoys = [f"def simple_math_problem():\n    return {i}\n" for i in range(8)]
+    items = searches + decoys
+    results = score(items, [token(i) for i in range(len(items))], pool=pool)
+    for program, s in zip(searches, results):
+        assert s.reward == 0.0, (program, s)
+        if hook and "import" in program:  # it ran to its last step, /proc/self/mem, refused
+            assert "sandbox violation" in s.error and "/proc/self/mem" in s.error, s
+        else:  # it ran to the end and found nothing
+            assert (s.answer, s.error) == ("0", None), (program, s)
+
+
+def test_the_search_finds_a_truth_within_reach() -> None:
+    """Control: the same programs, run where a truth sits in a caller's frame, find it."""
+    for imports in (False, True):
+        ns: dict = {}
+        exec(tinygsm_search(imports), ns)
+        truth = token(99)  # noqa: F841 (found through the frame)
+        assert ns["simple_math_problem"]() == token(99)
+
+
+def test_the_search_finds_a_truth_beyond_its_frames() -> None:
+    ns: dict = {}
+    exec(tinygsm_search(True), ns)
+    os.environ["ECHO_NEMO_TEST_TRUTH"] = token(98)  # beyond the frames: found in the environment
+    try:
+        assert ns["simple_math_problem"]() == token(98)
+    finally:
+        del os.environ["ECHO_NEMO_TEST_TRUTH"]
 
 
 @pytest.mark.parametrize("name", ["sleep_past_limit", "infinite_loop", "signal_handlers"])
@@ -171,7 +232,7 @@ def test_a_killed_worker_is_replaced(pool) -> None:
 
 def _numpy_seen(first_line: str) -> str:
     """An llm_code completion whose answer is 1 when its child has numpy's classes loaded,
-    without naming numpy (so the line given first decides where it is forked from)."""
+    without naming numpy (so the line given first decides which zygote forks it)."""
     return (
         "<llm-code>\n" + first_line + "\n"
         "name = 'num' + 'py'\n"
@@ -180,18 +241,24 @@ def _numpy_seen(first_line: str) -> str:
     )
 
 
-def test_import_free_code_forks_from_the_lean_parent_and_the_rest_from_the_worker() -> None:
+def test_import_free_code_forks_from_the_lean_zygote_and_a_dead_zygote_retires_its_worker() -> None:
     pool = WorkerPool(workers=1, limits=LIMITS)
     try:
         assert pool.wait_ready()
         lean, full = _numpy_seen("x = 1"), _numpy_seen("import math")
         assert [s.answer for s in score([lean, full], ["0", "0"], pool=pool)] == ["0", "1"]
-        # the lean parent killed: the worker forks every child itself, and keeps serving
+        # the zygotes are the worker's only children while no execution runs
         worker = pool.workers[0].proc.pid
-        children = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
-        assert len(children) == 1  # the lean parent (no execution is running)
-        os.kill(int(children[0]), signal.SIGKILL)
-        assert [s.answer for s in score([lean + " ", full + " "], ["0", "0"], pool=pool)] == ["1", "1"]
-        assert pool.restarts == 0
+        zygotes = Path(f"/proc/{worker}/task/{worker}/children").read_text().split()
+        assert len(zygotes) == 2
+        os.kill(int(zygotes[0]), signal.SIGKILL)
+        # a worker never forks a new zygote (it has held truths): it is replaced instead
+        first = score([lean + " ", full + " "], ["0", "0"], pool=pool)
+        assert any("sandbox unavailable" in (s.error or "") for s in first), first
+        assert pool.restarts == 1
+        again = score([lean + "  ", full + "  "], ["0", "0"], pool=pool)
+        assert [s.answer for s in again] == ["0", "1"]
+        assert pool.info()["live"] == 1
     finally:
         pool.close()
+

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hostile import HOSTILE, hostile_completion  # noqa: E402
+from hostile import RESOURCES, SIGNALS, hostile_completion  # noqa: E402
 
 from echo_nemo.reward.client import (  # noqa: E402
     RewardClient,
@@ -69,12 +69,13 @@ def test_concurrent_clients_get_their_results_in_order(url) -> None:
 
 
 def test_hostile_batch_scores_zero_while_health_answers(url) -> None:
-    names = list(HOSTILE)
+    names = list(RESOURCES) + list(SIGNALS) + ["socket_tcp", "fence_globals"]
+    port = int(url.rsplit(":", 1)[1])
     results: list = []
     worker = threading.Thread(
         target=lambda: results.extend(
             RewardClient(url, timeout=300).score(
-                [hostile_completion(n) for n in names], ["42"] * len(names)
+                [hostile_completion(n, port) for n in names], ["42"] * len(names)
             )
         )
     )
@@ -90,7 +91,8 @@ def test_hostile_batch_scores_zero_while_health_answers(url) -> None:
     assert len(results) == len(names)
     bad = [(n, s) for n, s in zip(names, results) if s.reward != 0.0 or not s.error]
     assert bad == []
-    assert httpx.get(url + "/health", timeout=5.0).json()["live"] == 2
+    health = httpx.get(url + "/health", timeout=5.0).json()
+    assert health["live"] == 2 and health["restarts"] == 0
 
 
 def test_openrlhf_get_reward(url) -> None:

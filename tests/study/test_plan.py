@@ -255,8 +255,8 @@ def test_the_cores_are_divided_again_as_the_runs_side_by_side_change(tmp_path, m
     """The local pool writes each run's share of the cores; a run's loop follows its file."""
     import torch
 
+    from echo_nemo.cpu.threads import ThreadShare
     from echo_nemo.study.run import _share_cores, _share_file
-    from echo_nemo.threads import ThreadShare
 
     text = STUDY.replace("ppo: {rl: [algorithm=ppo]}", "ppo: {rl: [algorithm=ppo], cost: 2.5}")
     plan = plan_study(load_study(write_study(tmp_path, text), only=["f6"]), tmp_path / "o")

@@ -88,6 +88,7 @@ def test_padding_is_no_target():
     assert real_targets(row[:, :-1], row[:, 1:], eos=0).tolist() == [[True] * 5 + [False] * 2]
 
 
+@pytest.mark.slow  # 2-rank pretrainings; tests/test_distributed.py checks TP=2 == TP=1 by default
 def test_train_tp2_and_dp2_match_tp1_step_by_step(reference_run, tp2_run, echolab_shards, tmp_path):
     ref = losses(reference_run)
     tp2 = losses(tp2_run)
@@ -109,7 +110,7 @@ def _logits_of(ckpt: str, out: str, tokens: list[list[int]]) -> None:
 
     from echo_nemo import distributed as D
     from echo_nemo.checkpoint import load_model_for_inference
-    from echo_nemo.model.build import causal_forward
+    from echo_nemo.model.forward import causal_forward
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     D.init_distributed(tp=world)
@@ -120,6 +121,7 @@ def _logits_of(ckpt: str, out: str, tokens: list[list[int]]) -> None:
         torch.save(logits[..., : cfg.vocab_size].clone(), out)
 
 
+@pytest.mark.slow  # 2-rank pretrainings; tests/test_distributed.py checks TP=2 == TP=1 by default
 def test_train_checkpoints_reshard_between_tp2_and_tp1(reference_run, tp2_run, echolab_shards, tmp_path):
     import shutil
 
@@ -175,7 +177,7 @@ def _resume_equals_reference(cli, args: list[str], resume_from: int, run, refere
 
 
 def test_train_losses_do_not_depend_on_the_malloc_settings(reference_run, echolab_shards, tmp_path):
-    # the reference ran with echo_nemo.malloc's settings (every CLI command applies them)
+    # the reference ran with echo_nemo.cpu.malloc's settings (every CLI command applies them)
     run = tmp_path / "glibc"
     r = run_cli("pretrain", RECIPE, *overrides(echolab_shards, run), env={"OMP_NUM_THREADS": "1", "ECHO_NEMO_MALLOC": "glibc"})
     assert r.returncode == 0, r.stderr[-4000:]
@@ -281,6 +283,7 @@ def test_train_sigterm_saves_after_the_step_exits_75_and_resumes_exactly(referen
     assert [s for s, _ in complete_checkpoints(run)] == [8, 32, 40]
 
 
+@pytest.mark.slow  # 2-rank pretrainings; tests/test_distributed.py checks TP=2 == TP=1 by default
 def test_train_usr1_to_one_rank_stops_every_rank_at_the_same_step(tp2_run, echolab_shards, tmp_path):
     """Two ranks (TP=2) started as srun starts them; USR1 reaches only rank 1: both agree
     (all-reduce) to stop after the same step, save one checkpoint, exit 75; the resumed

@@ -24,20 +24,15 @@ import argparse
 import ctypes
 import os
 
-from echo_nemo.errors import UserError
+from echo_nemo import env
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters (malloc.h)
-ENV = "ECHO_NEMO_MALLOC"
-CHOICES = ("echo-nemo", "glibc")
 
 
 def user_configured() -> bool:
     """True when the environment already says how glibc's malloc should behave."""
-    choice = os.environ.get(ENV, "echo-nemo")
-    if choice not in CHOICES:
-        raise UserError(f"${ENV} must be one of {', '.join(CHOICES)} (or unset), got {choice!r}")
     return (
-        choice == "glibc"
+        env.malloc() == "glibc"
         or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
         or any(k.startswith("MALLOC_") and k.endswith("_") for k in os.environ)
     )
@@ -45,7 +40,7 @@ def user_configured() -> bool:
 
 def add_option(parser: argparse.ArgumentParser) -> None:
     """The benchmarks' `--malloc`: echo-nemo's settings (the default) or glibc's."""
-    parser.add_argument("--malloc", default="echo-nemo", choices=CHOICES,
+    parser.add_argument("--malloc", default="echo-nemo", choices=env.MALLOC.choices,
                         help="echo-nemo: the settings every echo-nemo command applies (both sides of "
                              "a benchmark run in one process); glibc: glibc's defaults")
 

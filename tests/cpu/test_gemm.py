@@ -1,7 +1,7 @@
-"""echo_nemo.model.gemm: the decoder's products. On BLAS, the per-shape choice of product
+"""echo_nemo.cpu.gemm: the decoder's products. On BLAS, the per-shape choice of product
 form never changes a bit of the result, and the sampler's tokens and log-probs are those
 of plain F.linear. The decode kernel (large weights) is as accurate as BLAS and gives the
-same bits whatever the thread count or the TP shard (its fallback: test_cpu_kernels)."""
+same bits whatever the thread count or the TP shard (its fallback: test_kernels)."""
 
 import pytest
 import torch
@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from rl_helpers import CharTokenizer, debug_model
 from shared_helpers import needs_cpu_kernels
 
+from echo_nemo.cpu import gemm
+from echo_nemo.cpu import kernels as cpu_kernels
 from echo_nemo.distributed import init_distributed
-from echo_nemo.model import cpu_kernels, gemm
 from echo_nemo.model.generate import generate
 
 needs_kernel = needs_cpu_kernels()

@@ -1,12 +1,13 @@
-"""Causal self-attention for the lean training forward: echo-nemo's C kernel on CPU
-(attention.c, built by echo_nemo.model.cpu_kernels), torch's SDPA elsewhere.
+"""Causal self-attention for the training forward on CPU: echo-nemo's C kernel
+(attention.c, built by echo_nemo.cpu.kernels), torch's SDPA where the kernel does not apply.
+Installed as `causal_attention` for CPU tensors by echo_nemo.cpu.apply (echo_nemo.speed).
 
     o = softmax(q k^T / sqrt(d) + causal mask) v        (grouped-query: k, v shared by
                                                         heads / groups query heads)
 
 Why a kernel of our own: torch's CPU flash attention runs the study's head sizes at
 ~50 GFLOP/s on this project's 2-core machines, a fifth of their matmul peak, and at the
-tiny shape a fifth of a training step went there (forward 5.5 ms, backward 12.9 ms a
+tiny shape a fifth of a training step goes there (forward 5.5 ms, backward 12.9 ms a
 layer; benchmarks/bench_attention.py times both). The kernel's results equal SDPA's to
 float rounding (tested against a float64 reference, with gradients), and do not depend
 on the thread count.
@@ -21,12 +22,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from echo_nemo.model import cpu_kernels
+from echo_nemo.cpu import kernels
 
 
-def _strides(t: torch.Tensor) -> cpu_kernels.Strides:
+def _strides(t: torch.Tensor) -> kernels.Strides:
     """[b, heads, s, d] view -> its (batch, head, position) element strides."""
-    return cpu_kernels.Strides(t.stride(0), t.stride(1), t.stride(2))
+    return kernels.Strides(t.stride(0), t.stride(1), t.stride(2))
 
 
 def _bshd(b: int, s: int, h: int, d: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +39,7 @@ def _bshd(b: int, s: int, h: int, d: int, like: torch.Tensor) -> tuple[torch.Ten
 class _KernelAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
-        lib = cpu_kernels.load()
+        lib = kernels.load()
         b, h, s, d = q.shape
         o, o_view = _bshd(b, s, h, d, q)
         lse = q.new_empty(b, h, s)
@@ -50,7 +51,7 @@ class _KernelAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        lib = cpu_kernels.load()
+        lib = kernels.load()
         q, k, v, o, lse = ctx.saved_tensors
         b, h, s, d = q.shape
         g = k.size(1)
@@ -74,7 +75,7 @@ def uses_kernel(q: torch.Tensor) -> bool:
     """True when `causal` runs echo-nemo's kernel for queries like q [b, heads, s, d]."""
     return (q.device.type == "cpu" and q.dtype == torch.float32 and q.size(-1) % 8 == 0
             and q.size(2) * q.size(3) <= MAX_SEQ_X_HEAD_DIM and not torch.is_autocast_enabled("cpu")
-            and cpu_kernels.load() is not None)
+            and kernels.load() is not None)
 
 
 def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -2,13 +2,15 @@
 torch here, so the CLI can check $ECHO_NEMO_CPU_KERNELS before any command starts.
 
 - decode_gemm.c: x w^T for a decode step's few rows against large weights
-  (echo_nemo.model.gemm);
+  (echo_nemo.cpu.gemm);
 - attention.c: causal self-attention forward and backward for training
-  (echo_nemo.model.attention).
+  (echo_nemo.cpu.attention).
 
-They are compiled with the C compiler ($CC, default cc) into one library under
-$ECHO_NEMO_CACHE (default ~/.cache/echo-nemo)/kernels, named by a hash of the sources,
-compiler and flags: a changed source or compiler builds anew, and concurrent builders
+`build()` is the one way they are built: the sources ship as package data of
+`echo_nemo.cpu` (pyproject.toml) and are compiled at first use with the C compiler ($CC,
+default cc) into one library under $ECHO_NEMO_CACHE (default ~/.cache/echo-nemo)/kernels,
+named by a hash of the sources, compiler and flags: a changed source or compiler builds
+anew, and concurrent builders
 (TP ranks, runs side by side) each move a whole file into place. Their OpenMP is the
 runtime torch loaded, so they run on torch's thread pool. Where the library cannot be
 built or loaded (no compiler, not x86-64 Linux with AVX2 and FMA, a second OpenMP
@@ -29,10 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from echo_nemo.errors import UserError
+from echo_nemo import env
 
-ENV = "ECHO_NEMO_CPU_KERNELS"
-CHOICES = ("echo-nemo", "torch")
 SOURCES = [Path(__file__).with_name(n) for n in ("decode_gemm.c", "attention.c")]
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared"]
 
@@ -52,20 +52,12 @@ SIGNATURES = {
 }
 
 
-def choice() -> str:
-    """$ECHO_NEMO_CPU_KERNELS: echo-nemo (the default) or torch."""
-    value = os.environ.get(ENV, "echo-nemo")
-    if value not in CHOICES:
-        raise UserError(f"${ENV} must be one of {', '.join(CHOICES)} (or unset), got {value!r}")
-    return value
-
-
 def build(cache: Path | None = None) -> Path:
     """The compiled library (compiled now unless cached); RuntimeError when the compiler fails."""
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise RuntimeError(f"no C compiler {cc!r} on PATH")
-    cache = cache or Path(os.environ.get("ECHO_NEMO_CACHE", Path.home() / ".cache" / "echo-nemo"))
+    cache = cache or env.cache_dir()
     digest = hashlib.sha256(" ".join([cc, *CFLAGS]).encode())
     for src in SOURCES:
         digest.update(src.read_bytes())
@@ -99,7 +91,7 @@ def _openmp_runtimes() -> set[str]:
 @functools.cache
 def load() -> ctypes.CDLL | None:
     """The kernels' library (its functions typed), or None where torch's kernels run instead."""
-    if choice() == "torch" or not _cpu_ok():
+    if env.cpu_kernels() == "torch" or not _cpu_ok():
         return None
     try:
         before = _openmp_runtimes()

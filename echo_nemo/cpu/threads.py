@@ -5,9 +5,10 @@ threads (echo_nemo.study.run). Shares fixed at launch leave cores idle: when one
 two ends first, the other finishes on half the machine (a stage's last RL run, or a small
 model's pretraining beside a tiny one's). So a study budget with `share_cores` writes each
 local run's share to the file named by $ECHO_NEMO_THREADS_FILE whenever the runs side by
-side change, and the pretraining and RL loops call `follow_share()` at every step and
-phase: torch's thread count follows the file. The price: torch's float results depend on
-the thread count (a tiny pretraining on 1 thread first differed from 2 threads in the
+side change; `echo_nemo.cpu.apply` then hooks `follow_share()` into `echo_nemo.speed`'s
+`between_steps()`, which the pretraining and RL loops call at every step and phase:
+torch's thread count follows the file. The price: torch's float results depend on
+the thread count (a tiny pretraining on 1 thread differs from 2 threads in the
 7th digit of a gradient norm at step 40), so a run's numbers then depend on when its
 neighbours finish. Off by default; a run without the variable never reads anything.
 """
@@ -18,14 +19,14 @@ import os
 import time
 from pathlib import Path
 
-ENV = "ECHO_NEMO_THREADS_FILE"
+from echo_nemo import env
 
 
 class ThreadShare:
     """Reads the share file at most every `every_s` seconds; sets torch's threads when it changed."""
 
     def __init__(self, path: str | os.PathLike | None = None, every_s: float = 1.0) -> None:
-        self.path = Path(path) if path else (Path(os.environ[ENV]) if os.environ.get(ENV) else None)
+        self.path = Path(path) if path else env.threads_file()
         self.every_s = every_s
         self.next_read = 0.0
 

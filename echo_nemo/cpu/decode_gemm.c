@@ -1,5 +1,5 @@
 /* y = x w^T for a decode step: a few rows of x (one per sequence) against a large weight
- * matrix that does not fit in cache. Built and loaded by echo_nemo/model/gemm.py.
+ * matrix that does not fit in cache. Built and loaded by echo_nemo/cpu/gemm.py.
  *
  *   x: [M, K] row-major, w: [N, K] row-major (a torch Linear's weight, used in place),
  *   y: [M, N] row-major;  M <= 64, K % 8 == 0.

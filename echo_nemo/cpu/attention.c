@@ -1,5 +1,5 @@
 /* Causal self-attention forward and backward for training on CPU (AVX2 + FMA), called by
- * echo_nemo/model/attention.py. One thread takes one (batch, kv head) pair at a time and
+ * echo_nemo/cpu/attention.py. One thread takes one (batch, kv head) pair at a time and
  * all of its query heads, so every gradient is summed by one thread in one fixed order:
  * the results do not depend on the thread count.
  *

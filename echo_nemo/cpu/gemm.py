@@ -1,8 +1,9 @@
-"""`linear(x, w)` = x w^T for decode-sized inputs (a few rows, one per sequence), fast.
+"""`linear(x, w)` = x w^T for decode-sized inputs (a few rows, one per sequence), fast on
+CPU; installed as the decoder's `linear` for CPU tensors by echo_nemo.cpu.apply.
 
 Two paths, both deterministic:
 
-- **The decode kernel** (echo_nemo/model/decode_gemm.c), for float32 weights of at least
+- **The decode kernel** (echo_nemo/cpu/decode_gemm.c), for float32 weights of at least
   KERNEL_MIN_BYTES on an AVX2 CPU. A decode step streams every weight matrix from memory
   for a few rows of x; MKL's sgemm spends that time packing the weights into panels. The
   kernel streams them once, in place, and prefetches ahead: at the 150m decode shapes (16
@@ -10,7 +11,7 @@ Two paths, both deterministic:
   on this project's 2-core AMD machines, cold weights). Its sums are ordered differently
   from MKL's, so its results differ from F.linear's in the last bits (a few float32
   ulps); each output is summed in one fixed order whatever the thread count or the TP
-  shard. echo_nemo.model.cpu_kernels compiles it once per machine; without a C
+  shard. echo_nemo.cpu.kernels compiles it once per machine; without a C
   compiler, on another CPU, or with $ECHO_NEMO_CPU_KERNELS=torch, the BLAS path below runs.
 - **BLAS**, for smaller weights (they stay in cache, where MKL is as fast: the tiny
   shape), other dtypes, or without the kernel: the fastest form of the product that is
@@ -31,7 +32,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from echo_nemo.model import cpu_kernels
+from echo_nemo.cpu import kernels
 
 MAX_ROWS = 64  # decode batches; prefill's ~256-row packs stay on F.linear (little to gain,
 # and every pack has its own row count to decide)
@@ -90,7 +91,7 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
             or (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)):
         return F.linear(x, w)
     x2 = x.reshape(rows, k)
-    if w.numel() * 4 >= KERNEL_MIN_BYTES and k % 8 == 0 and w.is_contiguous() and (lib := cpu_kernels.load()):
+    if w.numel() * 4 >= KERNEL_MIN_BYTES and k % 8 == 0 and w.is_contiguous() and (lib := kernels.load()):
         x2 = x2.contiguous()
         y = torch.empty(rows, w.size(0))
         lib.echo_decode_gemm(x2.data_ptr(), w.data_ptr(), y.data_ptr(), rows, k, w.size(0), torch.get_num_threads())

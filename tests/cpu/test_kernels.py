@@ -1,4 +1,4 @@
-"""echo-nemo's C kernels (echo_nemo.model.cpu_kernels): the training attention kernel
+"""echo-nemo's C kernels (echo_nemo.cpu.kernels): the training attention kernel
 equals SDPA to float rounding, forward and backward, with grouped queries and ragged
 lengths, whatever the thread count; the library is built once and cached; without a
 working compiler, or by choice, torch's kernels run (same results as before the kernels
@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from shared_helpers import needs_cpu_kernels, run_cli
 
+from echo_nemo import env
+from echo_nemo.cpu import attention, gemm
+from echo_nemo.cpu import kernels as cpu_kernels
 from echo_nemo.errors import UserError
-from echo_nemo.model import attention, cpu_kernels, gemm
 
 needs_kernel = needs_cpu_kernels()
 
@@ -25,7 +27,7 @@ def reload_kernels():
 
 def _qkv(b, h, g, s, d, dtype, seed=0):
     """q [b, h, s, d], k, v [b, g, s, d]: strided views of one [b, s, h + 2g, d] tensor, as the
-    lean forward has them (the gradient lands in that tensor)."""
+    training forward has them (the gradient lands in that tensor)."""
     x = torch.randn(b, s, h + 2 * g, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     x = x.to(dtype).requires_grad_()
     return x, x[:, :, :h].transpose(1, 2), x[:, :, h:h + g].transpose(1, 2), x[:, :, h + g:].transpose(1, 2)
@@ -109,12 +111,12 @@ def test_without_a_working_compiler_torch_kernels_run(tmp_path, monkeypatch, cap
 
 
 def test_torch_by_choice_and_a_misspelt_choice_exits_2(monkeypatch, reload_kernels):
-    monkeypatch.setenv(cpu_kernels.ENV, "torch")
+    monkeypatch.setenv(env.CPU_KERNELS.name, "torch")
     assert cpu_kernels.load() is None
     cpu_kernels.load.cache_clear()
-    monkeypatch.setenv(cpu_kernels.ENV, "fast")
+    monkeypatch.setenv(env.CPU_KERNELS.name, "fast")
     with pytest.raises(UserError, match="ECHO_NEMO_CPU_KERNELS"):
         cpu_kernels.load()
-    r = run_cli("config", "recipes/pretrain/debug.yaml", env={cpu_kernels.ENV: "fast"}, timeout=120)
+    r = run_cli("config", "recipes/pretrain/debug.yaml", env={env.CPU_KERNELS.name: "fast"}, timeout=120)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "ECHO_NEMO_CPU_KERNELS" in r.stderr and "'fast'" in r.stderr and "echo-nemo" in r.stderr

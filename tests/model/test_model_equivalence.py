@@ -1,18 +1,21 @@
-"""The lean forward and the lean KV-cache decoder against megatron's own paths, at the tiny
-shape and a reduced 150m shape (150m's width and heads, 2 layers): same logits, losses
-and gradients; same greedy and sampled tokens; log-probs within 1e-5 of a full forward;
-TP=2 equal to TP=1; mixed prompt lengths; EOS stops each row."""
+"""The package's training forward and KV-cache decoder against megatron's own paths
+(reference_megatron.py), at the tiny shape and a reduced 150m shape (150m's width and
+heads, 2 layers): same logits, losses and gradients; same greedy and sampled tokens;
+log-probs within 1e-5 of a full forward; TP=2 equal to TP=1; mixed prompt lengths; EOS
+stops each row."""
 
 import json
 
 import pytest
 import torch
+from reference_megatron import greedy_no_cache, megatron_decoding, megatron_forward
 from rl_helpers import CharTokenizer, debug_model
 
+from echo_nemo.cpu import attention, kernels
 from echo_nemo.distributed import init_distributed, run_distributed
-from echo_nemo.model import lean
-from echo_nemo.model.build import causal_forward
-from echo_nemo.model.generate import generate, greedy_no_cache
+from echo_nemo.model import forward
+from echo_nemo.model.forward import causal_forward
+from echo_nemo.model.generate import generate
 from echo_nemo.model.scales import SCALES, Scale
 
 MODEL_VOCAB = 256  # the same embedding rows at TP=1 and TP=2 (see test_model_generate)
@@ -40,12 +43,10 @@ def models():
 
 
 @pytest.mark.parametrize("scale", SHAPES)
-def test_lean_forward_equals_megatron_forward(models, scale, monkeypatch):
-    """Where echo-nemo's CPU kernels run, the lean forward's attention is the C kernel's."""
-    from echo_nemo.model import attention, cpu_kernels
-
+def test_forward_equals_megatron_forward(models, scale, monkeypatch):
+    """Where echo-nemo's CPU kernels run, the forward's attention is the C kernel's."""
     model = models[scale]
-    assert lean.supports(model)
+    assert forward.supports(model)
     kernel_calls = []
     real_apply = attention._KernelAttention.apply
     monkeypatch.setattr(attention._KernelAttention, "apply", lambda *a: (kernel_calls.append(1), real_apply(*a))[1])
@@ -53,16 +54,16 @@ def test_lean_forward_equals_megatron_forward(models, scale, monkeypatch):
     tokens = torch.randint(0, 200, (3, 37), generator=g)
     labels = torch.randint(0, 200, (3, 37), generator=g)
     grads = {}
-    for engine in ("lean", "megatron"):
+    for name, run in (("ours", causal_forward), ("megatron", megatron_forward)):
         model.zero_grad(set_to_none=True)
-        loss = causal_forward(model, tokens, labels, vocab_size=200, engine=engine)
+        loss = run(model, tokens, labels, vocab_size=200)
         loss.mean().backward()
-        grads[engine] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+        grads[name] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
         with torch.no_grad():
-            grads[engine] += (causal_forward(model, tokens, engine=engine),)
-    (loss_a, ga, logits_a), (loss_b, gb, logits_b) = grads["lean"], grads["megatron"]
+            grads[name] += (run(model, tokens),)
+    (loss_a, ga, logits_a), (loss_b, gb, logits_b) = grads["ours"], grads["megatron"]
     n_layers = len(getattr(model, "module", model).decoder.layers)
-    assert len(kernel_calls) == (2 * n_layers if cpu_kernels.load() is not None else 0)  # 2 lean forwards
+    assert len(kernel_calls) == (2 * n_layers if kernels.load() is not None else 0)  # 2 of our forwards
     assert loss_a.shape == (3, 37)
     torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-6)
@@ -74,30 +75,31 @@ def test_lean_forward_equals_megatron_forward(models, scale, monkeypatch):
 
 
 @pytest.mark.parametrize("scale", SHAPES)
-def test_lean_decoder_matches_megatron_sampler_and_no_cache_greedy(models, scale):
+def test_decoder_matches_megatron_sampler_and_no_cache_greedy(models, scale, monkeypatch):
     model, tok = models[scale], CharTokenizer()
     greedy = generate(model, tok, PROMPTS, max_new_tokens=12, greedy=True)
     for p, got in zip(PROMPTS, greedy.completion_ids):
         assert got == greedy_no_cache(model, tok.encode(p), 12, tok.eos_id, tok.vocab_size)
-    # same seed, same tokens as megatron's static-batching sampler: the lean path draws the
+    # same seed, same tokens as megatron's static-batching sampler: our decoder draws the
     # same uniform per cache row and step
     for kw in (dict(temperature=1.0, seed=5), dict(temperature=0.7, top_p=0.9, seed=6)):
         ours = generate(model, tok, PROMPTS * 2, max_new_tokens=12, **kw)
-        ref = generate(model, tok, PROMPTS * 2, max_new_tokens=12, engine="megatron", **kw)
+        with megatron_decoding(monkeypatch):
+            ref = generate(model, tok, PROMPTS * 2, max_new_tokens=12, **kw)
         assert ours.completion_ids == ref.completion_ids
         for a, b in zip(ours.logprobs, ref.logprobs):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("scale", SHAPES)
-def test_lean_logprobs_within_1e5_of_a_full_forward(models, scale):
+def test_logprobs_within_1e5_of_a_full_forward(models, scale):
     model, tok = models[scale], CharTokenizer()
     out = generate(model, tok, PROMPTS, max_new_tokens=12, temperature=0.8, seed=2)
-    for engine in ("lean", "megatron"):  # against both full forwards
+    for run in (causal_forward, megatron_forward):  # against both full forwards
         for p_ids, c_ids, lps in zip(out.prompt_ids, out.completion_ids, out.logprobs):
             tokens = torch.tensor([p_ids + c_ids])
             with torch.no_grad():
-                logits = causal_forward(model, tokens, engine=engine)[0, len(p_ids) - 1 : -1, : tok.vocab_size]
+                logits = run(model, tokens)[0, len(p_ids) - 1 : -1, : tok.vocab_size]
             ref = torch.log_softmax(logits.float() / 0.8, -1).gather(-1, tokens[0, len(p_ids) :, None])[:, 0]
             # 1e-5, plus 1e-5 relative: these peaked models put log-probs at -2 to -20, where
             # one float32 ulp of a logit of ~50 is already 4e-6
@@ -105,7 +107,7 @@ def test_lean_logprobs_within_1e5_of_a_full_forward(models, scale):
 
 
 @pytest.mark.parametrize("scale", SHAPES)
-def test_lean_decoder_stops_each_row_at_eos(models, scale):
+def test_decoder_stops_each_row_at_eos(models, scale):
     model = models[scale]
     free = generate(model, CharTokenizer(), PROMPTS, max_new_tokens=16, greedy=True)
     # make a token that some rows emit (and others do not) the EOS
@@ -123,9 +125,7 @@ def test_lean_decoder_stops_each_row_at_eos(models, scale):
 def test_the_150m_width_decodes_on_the_kernel_and_tiny_on_blas(models, monkeypatch):
     """Where the C kernel is available, the reduced 150m shape's decode products run on it
     (so the equivalence tests above hold for it), tiny's stay on bitwise-F.linear BLAS."""
-    from echo_nemo.model import cpu_kernels
-
-    lib = cpu_kernels.load()
+    lib = kernels.load()
     if lib is None:
         pytest.skip("no CPU kernels on this machine (no C compiler or no AVX2)")
     calls = []
@@ -138,7 +138,7 @@ def test_the_150m_width_decodes_on_the_kernel_and_tiny_on_blas(models, monkeypat
             calls.append(a[3:6])
             return lib.echo_decode_gemm(*a)
 
-    monkeypatch.setattr(cpu_kernels, "load", lambda: Counting())
+    monkeypatch.setattr(kernels, "load", lambda: Counting())
     for scale, want in ((REDUCED_150M.name, True), ("tiny", False)):
         calls.clear()
         generate(models[scale], CharTokenizer(), PROMPTS, max_new_tokens=4, greedy=True)
@@ -168,7 +168,7 @@ def _tp_worker(out_path: str) -> None:
         json.dump(res, f)
 
 
-def test_lean_paths_tp2_equal_tp1(models, tmp_path):
+def test_forward_and_decoder_tp2_equal_tp1(models, tmp_path):
     run_distributed(_tp_worker, 2, str(tmp_path / "tp2"))
     ranks = [json.loads((tmp_path / f"tp2.{r}").read_text()) for r in range(2)]
     tok = CharTokenizer()
