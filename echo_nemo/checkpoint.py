@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import shutil
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
@@ -54,18 +52,6 @@ from echo_nemo.tokenizer import load_tokenizer
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 META = "meta.json"
-
-
-# ----------------------------------------------------------------------------- when to save
-def log_spaced_steps(total: int, num: int = 15) -> list[int]:
-    """The study's log-spaced checkpoint steps: ceil(logspace(-2.1, 0, num) * total), unique, >= 1.
-
-    The last step is always among them (num <= 1 keeps only it): a run's result is saved.
-    """
-    if num <= 1:
-        return [total]
-    fracs = np.logspace(-2.1, 0, num)
-    return sorted({max(1, min(total, math.ceil(f * total - 1e-9))) for f in fracs} | {total})
 
 
 # ----------------------------------------------------------------------------- paths

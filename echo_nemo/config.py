@@ -71,6 +71,32 @@ class ParallelConfig:
         return D.init_distributed(tp=self.tp, seed=seed)
 
 
+@dataclasses.dataclass
+class SamplingConfig:
+    """How completions are sampled: the same keys in RL's `rollout:` and `ei.sampling:` and
+    eval's `sampling:`, passed to echo_nemo.model.generate.generate as they are.
+
+    Logits are divided by `temperature`, then cut to the `top_k` likeliest tokens (0: no
+    cut) and to the smallest set whose probability reaches `top_p`.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def validate(self, where: str = "sampling") -> None:
+        if self.temperature <= 0:
+            raise UserError(f"{where}.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"{where}.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UserError(f"{where}.top_k must be >= 0 (0: no cut), got {self.top_k}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """temperature, top_p and top_k as keyword arguments of `generate`."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+
+
 def import_object(dotted: str) -> Any:
     """Import `package.module:attr`."""
     module, _, attr = dotted.partition(":")

@@ -1,8 +1,12 @@
-"""The one optimizer every trainer builds: AdamW with warmup, then cosine decay to
-`min_lr_ratio` x peak (PAPER.md), from one typed `OptimConfig`.
+"""The one optimizer every trainer builds and the one step every trainer takes.
 
-Pretraining gives its warmup in steps (`warmup_steps: 5000`), RL as a fraction of the
-run (`warmup_frac: 0.03`); both go through the same `lr_factor`.
+`OptimConfig.build()`: AdamW with warmup, then cosine decay to `min_lr_ratio` x peak
+(PAPER.md). Pretraining gives its warmup in steps (`warmup_steps: 5000`), RL as a
+fraction of the run (`warmup_frac: 0.03`); both go through the same `lr_factor`.
+
+`optimizer_step()`: what pretraining, the RL policy and critic, and Expert Iteration's
+SFT do between backward and the next forward: DP-average and clip the gradients
+(echo_nemo.parallel), AdamW step, zero the gradients, advance the schedule.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ class OptimConfig:
         Plain torch AdamW: megatron's optimizer hard-codes CUDA. Weight decay applies to
         matrices only (dim >= 2), never to norms or biases.
         """
-        import torch
+        import torch  # loaded by the trainer that builds one: reading a recipe stays light
 
         if isinstance(params, torch.nn.Module):
             params = params.parameters()
@@ -82,3 +86,22 @@ class OptimConfig:
         opt = torch.optim.AdamW(groups, lr=self.lr if lr is None else lr, betas=tuple(self.betas),
                                 eps=self.eps, foreach=True)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.schedule(total_steps))
+
+
+def optimizer_step(params: Any, opt: Any, grad_clip: float, sched: Any = None) -> float:
+    """DP-average the gradients and clip them by their global norm, step, zero them, then
+    advance `sched` if given; returns the norm before clipping.
+
+    The schedule steps after the optimizer, so step k runs at lr_factor(k) (torch's
+    LambdaLR order).
+    """
+    # echo_nemo.parallel loads torch and megatron: only a trainer taking a step pays for
+    # them, not a command that just reads a recipe
+    from echo_nemo import parallel as P
+
+    norm = P.reduce_and_clip(list(params), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if sched is not None:
+        sched.step()
+    return norm

@@ -8,7 +8,8 @@ clean process group and its own progress bar), writing its own run dir under --o
 data/, pretrain/, eval_before/, rl/, eval_after/, report/, and summary.json with the
 format shares and accuracy before and after RL. Budgets:
 
-- full: the effect: 1000 pretraining steps, 50 GRPO steps (16 prompts x 8 samples) and two
+- full: the effect: 1000 pretraining steps, 50 GRPO steps (16 prompts x 8 samples; the
+  held-out set evaluated greedily at steps 0, 10, ..., 50, for the report's curves) and two
   evaluations; about 9 min on 2 cores that pretrain at ~15,000 tokens/s, 10-11 at
   ~10,000-12,500, up to 20 on a slow machine at ~6,000 (README: measured per seed).
 - smoke: the same pipeline at plumbing size for CI (under a minute); it shows no effect.
@@ -29,12 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from echo_nemo.config import RECIPES_DIR
 from echo_nemo.errors import UserError
 
 
 @dataclass
-class Budget:
+class QuickstartBudget:
+    """One size of the quickstart: each stage's recipe and the overrides that size it."""
+
     data_recipe: str
     data_overrides: list[str]
     pretrain_recipe: str
@@ -45,15 +51,15 @@ class Budget:
     rl_overrides: list[str] = field(default_factory=list)
 
 
-BUDGETS: dict[str, Budget] = {
-    "full": Budget(
+BUDGETS: dict[str, QuickstartBudget] = {
+    "full": QuickstartBudget(
         data_recipe="data/echo_tg_omi1_omi2.yaml",
         data_overrides=[],
         pretrain_recipe="pretrain/quickstart_full.yaml",
         rl_recipe="rl/quickstart_full.yaml",
         eval_recipe="eval/echolab_tiny_cpu.yaml",
     ),
-    "smoke": Budget(
+    "smoke": QuickstartBudget(
         data_recipe="data/echo_tg_omi1_omi2.yaml",
         data_overrides=["echolab.num_problems=400", "echolab.num_background=0", "seq_length=128",
                         "sequences_per_shard=200", "num_workers=1"],
@@ -114,6 +120,7 @@ def summarize(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     greedy shares are reported beside them. Accuracy is greedy pass@1 on the echo-lab
     test problems.
     """
+    # the reward package loads its scorer (sympy, the sandbox): not for `echo-nemo --help`
     from echo_nemo.reward.format_stats import dominant_format
 
     b, a = _side(before), _side(after)
@@ -132,9 +139,7 @@ def summarize(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_summary(console, summary: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from echo_nemo.reward.formats import FORMATS
+    from echo_nemo.reward.formats import FORMATS  # as in summarize: the reward package is heavy
 
     table = Table(title="echo chamber: echo-lab test set before / after RL")
     table.add_column("")
@@ -179,44 +184,26 @@ def run_quickstart(out: Path, budget: str, seed: int, overrides: list[str] | Non
     `overrides` ("STAGE:key=value") tune a stage's recipe; `pretrained` (a pretrain run
     dir) skips the data and pretraining stages and starts from that model.
     """
-    from rich.console import Console
-
+    # matplotlib loads for the report stage, not for `echo-nemo --help`
     from echo_nemo.report.html import build_report
 
     if budget not in BUDGETS:
         raise UserError(f"unknown budget {budget!r}; expected one of {', '.join(BUDGETS)}")
-    b = BUDGETS[budget]
     extra = parse_overrides(overrides or [])
     if pretrained is not None and not Path(pretrained, "checkpoints").is_dir():
         raise UserError(f"--pretrained {pretrained!r}: expected a pretrain run dir with checkpoints/")
     console = Console()
     out = out.resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     d = {name: out / name for name in ("data", "pretrain", "eval_before", "rl", "eval_after", "report")}
     if pretrained is not None:
         d["pretrain"] = Path(pretrained).resolve()
-    eval_common = [str(RECIPES_DIR / b.eval_recipe), f"seed={seed}", *b.eval_overrides, *extra["eval"]]
-    stages: list[tuple[str, list[str]]] = [
-        ("data", ["data", "build", "--out", str(d["data"]), str(RECIPES_DIR / b.data_recipe),
-                  f"seed={seed}", *b.data_overrides, *extra["data"]]),
-        ("pretrain", ["pretrain", str(RECIPES_DIR / b.pretrain_recipe), f"run_dir={d['pretrain']}",
-                      f"data.shards={d['data']}", f"train.seed={seed}", *b.pretrain_overrides,
-                      *extra["pretrain"]]),
-        ("eval_before", ["eval", *eval_common, f"checkpoint={d['pretrain']}", f"run_dir={d['eval_before']}",
-                         "label=before RL"]),
-        ("rl", ["rl", str(RECIPES_DIR / b.rl_recipe), f"run_dir={d['rl']}", f"model.init={d['pretrain']}",
-                f"seed={seed}", *b.rl_overrides, *extra["rl"]]),
-        ("eval_after", ["eval", *eval_common, f"checkpoint={d['rl']}", f"run_dir={d['eval_after']}",
-                        "label=after RL"]),
-    ]
-    if pretrained is not None:
-        stages = [st for st in stages if st[0] not in ("data", "pretrain")]
+    stages = stage_commands(BUDGETS[budget], d, seed, extra, skip_pretraining=pretrained is not None)
     console.print(f"[bold]echo-nemo quickstart[/bold]: budget={budget} seed={seed} out={out}")
     t_start = time.perf_counter()
     times: dict[str, float] = {}
     for i, (name, argv) in enumerate(stages, 1):
-        times[name] = _stage(console, i, len(stages) + 1, name, argv, logs / f"{name}.log")
+        times[name] = _stage(console, i, len(stages) + 1, name, argv, out / "logs" / f"{name}.log")
     console.rule(f"[bold][{len(stages) + 1}/{len(stages) + 1}] report")
     t0 = time.perf_counter()
     index = build_report([d["eval_before"], d["rl"], d["eval_after"]], d["report"],
@@ -240,6 +227,28 @@ def run_quickstart(out: Path, budget: str, seed: int, overrides: list[str] | Non
     os.replace(tmp, out / "summary.json")
     print_summary(console, summary)
     return summary
+
+
+def stage_commands(b: QuickstartBudget, d: dict[str, Path], seed: int, extra: dict[str, list[str]],
+                   skip_pretraining: bool = False) -> list[tuple[str, list[str]]]:
+    """(stage name, `echo-nemo` argv) of each stage in order, writing into the run dirs `d`."""
+    eval_common = [str(RECIPES_DIR / b.eval_recipe), f"seed={seed}", *b.eval_overrides, *extra["eval"]]
+    stages: list[tuple[str, list[str]]] = [
+        ("data", ["data", "build", "--out", str(d["data"]), str(RECIPES_DIR / b.data_recipe),
+                  f"seed={seed}", *b.data_overrides, *extra["data"]]),
+        ("pretrain", ["pretrain", str(RECIPES_DIR / b.pretrain_recipe), f"run_dir={d['pretrain']}",
+                      f"data.shards={d['data']}", f"train.seed={seed}", *b.pretrain_overrides,
+                      *extra["pretrain"]]),
+        ("eval_before", ["eval", *eval_common, f"checkpoint={d['pretrain']}", f"run_dir={d['eval_before']}",
+                         "label=before RL"]),
+        ("rl", ["rl", str(RECIPES_DIR / b.rl_recipe), f"run_dir={d['rl']}", f"model.init={d['pretrain']}",
+                f"seed={seed}", *b.rl_overrides, *extra["rl"]]),
+        ("eval_after", ["eval", *eval_common, f"checkpoint={d['rl']}", f"run_dir={d['eval_after']}",
+                        "label=after RL"]),
+    ]
+    if skip_pretraining:
+        stages = [st for st in stages if st[0] not in ("data", "pretrain")]
+    return stages
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import pytest
 
 from echo_nemo.metrics import read_metrics
 from echo_nemo.quickstart import summarize
+from echo_nemo.report.plots import format_share_figure
 from echo_nemo.reward.formats import FORMATS
 
 
@@ -49,6 +50,10 @@ def test_smoke_quickstart_end_to_end(tmp_path, cli):
     assert [row["step"] for row in rl if "reward/mean" in row][-1] == 3
     assert all(f"format/{f}/share" in rl[-1] for f in FORMATS[:3])
     assert (out / "rl" / "checkpoints" / "step_3").is_dir()
+    # the held-out eval ran at step 0 and during RL: the report draws curves, not lone points
+    assert [row["step"] for row in rl if "acc/echolab/pass@1" in row] == [0, 1, 2, 3]
+    fig = format_share_figure(rl, "greedy formats", prefix="eval/")
+    assert not fig.axes[0].patches and fig.axes[0].collections  # a stacked area, no bars
 
     before = json.loads((out / "eval_before" / "results.json").read_text())
     after = json.loads((out / "eval_after" / "results.json").read_text())
@@ -72,7 +77,8 @@ def test_smoke_quickstart_end_to_end(tmp_path, cli):
     index = out / "report" / "index.html"
     page = index.read_text()
     pngs = list((out / "report").glob("*.png"))
-    assert {"rl_format_share.png", "pass_at_k_echolab.png", "formats_echolab.png"} <= {p.name for p in pngs}
+    assert {"rl_format_share.png", "rl_eval_format_share.png", "rl_accuracy_reward.png", "pass_at_k_echolab.png",
+            "formats_echolab.png"} <= {p.name for p in pngs}
     for p in pngs:
         assert p.stat().st_size > 5000 and f'href="{p.name}"' in page
     assert str(index) == summary["report"]

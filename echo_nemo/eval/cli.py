@@ -13,13 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 
+from rich.console import Console
+from rich.table import Table
+
 from echo_nemo.cli_args import add_out_option
+from echo_nemo.errors import UserError
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the handler imports what it runs (torch, megatron): `echo-nemo --help` stays light
     from echo_nemo import distributed as D
     from echo_nemo.config import load_recipe
-    from echo_nemo.errors import UserError
     from echo_nemo.eval.config import EvalConfig
     from echo_nemo.eval.run import print_table, run_eval
 
@@ -55,10 +59,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_steps(cfg) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from echo_nemo import distributed as D
+    from echo_nemo import distributed as D  # torch and megatron, with the command
     from echo_nemo.eval.steps import metrics_rows, run_eval_steps
 
     stored = run_eval_steps(cfg)

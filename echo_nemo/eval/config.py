@@ -5,19 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from echo_nemo.config import ParallelConfig
+from echo_nemo.config import ParallelConfig, SamplingConfig
 from echo_nemo.data.sources import BENCHMARKS
 from echo_nemo.errors import UserError
 
 
 @dataclass
-class SamplingConfig:
-    """The sampled generations behind pass@k, maj@k and the format shares."""
+class EvalSamplingConfig(SamplingConfig):
+    """The sampled generations behind pass@k, maj@k and the format shares: `n` per problem
+    with the shared sampling settings (the paper's temperature 0.7, top_p 0.95 by default)."""
 
-    n: int = 8  # samples per problem (0: greedy only)
     temperature: float = 0.7
     top_p: float = 0.95
-    top_k: int = 0
+    n: int = 8  # samples per problem (0: greedy only)
 
 
 @dataclass
@@ -33,7 +33,7 @@ class EvalConfig:
     max_new_tokens: int = 256
     max_prompt_tokens: int | None = None
     greedy: bool = True  # greedy decoding for pass@1
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
     ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])  # pass@k reported for k <= n
     batch_size: int = 64
     seed: int = 0
@@ -59,8 +59,10 @@ class EvalConfig:
         bad_paths = [b for b in self.data_paths if b not in BENCHMARKS]
         if bad_paths:
             raise UserError(f"eval config: data_paths names unknown benchmark(s) {bad_paths}")
-        if self.sampling.n < 0 or (self.sampling.n > 0 and self.sampling.temperature <= 0):
-            raise UserError("eval config: sampling.n must be >= 0 and sampling.temperature > 0")
+        if self.sampling.n < 0:
+            raise UserError(f"eval config: sampling.n must be >= 0, got {self.sampling.n}")
+        if self.sampling.n > 0:
+            self.sampling.validate("eval config: sampling")
         if not self.greedy and self.sampling.n == 0:
             raise UserError("eval config: greedy=false and sampling.n=0 leave nothing to evaluate")
         if self.limit is not None and self.limit < 1:

@@ -78,8 +78,7 @@ def evaluate_problems(model, tokenizer, problems: list, cfg: EvalConfig, *, name
         rep_prompts = [pr for pr in prompts for _ in range(n)]  # problem i owns samples [i*n, (i+1)*n)
         comps = _generate_all(
             model, tokenizer, rep_prompts, desc=f"{name} sampled ({len(problems)} problems x {n})", batch_size=cfg.batch_size,
-            seed=cfg.seed + 1_000_003, show_progress=show_progress, temperature=cfg.sampling.temperature,
-            top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k, **gen_kw)
+            seed=cfg.seed + 1_000_003, show_progress=show_progress, **cfg.sampling.generate_kwargs(), **gen_kw)
         scores = score(comps, [t for t in truths for _ in range(n)])
         correct = [s.reward > 0.5 for s in scores]
         per_problem = [correct[i * n : (i + 1) * n] for i in range(len(problems))]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from echo_nemo.errors import UserError
+
 
 def _default_out(run_dirs: list[str]) -> Path:
     # one run or one sweep folder: its own report/; several: report/ in their common parent
@@ -15,18 +17,14 @@ def _default_out(run_dirs: list[str]) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # matplotlib loads when the command runs, not when `echo-nemo --help` builds the parsers
     from echo_nemo.report.html import build_report
 
+    studies = [d for d in args.run_dirs if (Path(d) / "plan.json").is_file()]
+    if studies:  # the study's report (verdicts, a section per finding) is the study command's
+        raise UserError(f"{studies[0]!r} is a study folder (it holds plan.json): its report is written by "
+                        f"`echo-nemo study {studies[0]} --report-only`")
     out = Path(args.out) if args.out else _default_out(args.run_dirs)
-    if args.study:
-        from echo_nemo.errors import UserError
-        from echo_nemo.report.study import build_study_report
-
-        if len(args.run_dirs) != 1:
-            raise UserError("--study takes one study folder (the one holding plan.json)")
-        index = build_study_report(args.run_dirs[0], out)
-        print(f"report: {index}")
-        return 0
     index = build_report(args.run_dirs, out, title=args.title)
     pngs = sorted(p.name for p in out.glob("*.png"))
     print(f"report: {index} ({len(pngs)} plots)")
@@ -38,11 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="plots and an HTML report from run directories or a sweep folder",
         description="Draw format-share, accuracy/reward and pass@k plots from run directories "
-        "(training, RL or eval runs, or a sweep folder of runs) and write a self-contained HTML report.",
+        "(training, RL or eval runs, or a sweep folder of runs) and write a self-contained HTML report. "
+        "A study folder's report: `echo-nemo study STUDY_DIR --report-only`.",
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories or sweep folders")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report, or report/ beside several runs)")
-    p.add_argument("--study", action="store_true",
-                   help="RUN_DIR is a study folder (`echo-nemo study`): verdict table and a section per finding")
     p.add_argument("--title", default="echo-nemo report", help="title of the HTML page")
     p.set_defaults(func=_run)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,17 +44,26 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def _finish_step_axes(fig, ax, ylabel: str, title: str, path: Path) -> Path:
     """Integer step axis, labels, grid and legend, then save."""
+    _label_step_axes(ax, ylabel, title)
+    return _save(fig, path)
+
+
+def _label_step_axes(ax, ylabel: str, title: str, xlabel: str = "step") -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
-def plot_format_share(rows: Sequence[dict[str, Any]], path: Path, title: str, prefix: str = "") -> Path | None:
-    """Stacked area of `<prefix>format/<name>/share` over steps; None if not logged."""
+# ----------------------------------------------------------------------------- over steps
+# A series is drawn as a curve only when it has at least two points; a lone point (e.g. a
+# held-out eval only at the last step) is a bar named by its step on a category axis, not
+# a dot on a step axis a few steps wide.
+def format_share_figure(rows: Sequence[dict[str, Any]], title: str, prefix: str = "") -> plt.Figure | None:
+    """`<prefix>format/<name>/share` over steps: a stacked area when logged at >= 2 steps,
+    else a stacked bar at the one step; None if not logged."""
     shares = {f: dict(zip(*series(rows, f"{prefix}format/{f}/share"))) for f in FORMATS}
     steps = sorted({s for d in shares.values() for s in d})
     if not steps:
@@ -63,36 +73,61 @@ def plot_format_share(rows: Sequence[dict[str, Any]], path: Path, title: str, pr
     if len(steps) > 1:
         ax.stackplot(steps, stacks, labels=list(FORMATS), colors=[FORMAT_COLORS[f] for f in FORMATS], alpha=0.85)
         ax.set_xlim(steps[0], steps[-1])
-    else:  # one point (e.g. a held-out eval only at the end): an area of zero width is invisible
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("RL step")
+    else:
         bottom = 0.0
         for f, (v,) in zip(FORMATS, stacks):
-            ax.bar(steps, [v], bottom=bottom, width=0.6, label=f, color=FORMAT_COLORS[f], alpha=0.85)
+            ax.bar([f"step {steps[0]}"], [v], bottom=bottom, width=0.5, label=f, color=FORMAT_COLORS[f], alpha=0.85)
             bottom += v
-        ax.set_xlim(steps[0] - 1, steps[0] + 1)
     ax.set_ylim(0, 1)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("RL step")
     ax.set_ylabel("share of generations")
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="format")
-    return _save(fig, path)
+    return fig
+
+
+def plot_format_share(rows: Sequence[dict[str, Any]], path: Path, title: str, prefix: str = "") -> Path | None:
+    """format_share_figure as a PNG; None if not logged."""
+    fig = format_share_figure(rows, title, prefix)
+    return _save(fig, path) if fig is not None else None
+
+
+def metric_curves_figure(rows: Sequence[dict[str, Any]], keys: Sequence[str], title: str,
+                         ylabel: str) -> plt.Figure | None:
+    """A line per metric key logged at >= 2 steps; keys logged at one step are bars (in a
+    panel of their own beside the lines). None if no key is logged."""
+    logged = {key: series(rows, key) for key in keys}
+    curves = {k: sv for k, sv in logged.items() if len(sv[0]) > 1}
+    points = {k: (sv[0][0], sv[1][0]) for k, sv in logged.items() if len(sv[0]) == 1}
+    if not curves and not points:
+        return None
+    panels = [p for p in (curves, points) if p]
+    widths = [3, 1] if len(panels) == 2 else [1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 + 2 * (len(panels) - 1), 4), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    if curves:
+        ax = axes[0][0]
+        for key, (steps, values) in curves.items():
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
+        _label_step_axes(ax, ylabel, title)
+    if points:
+        ax = axes[0][-1]
+        ax.bar([f"{key}\n(step {step})" for key, (step, _) in points.items()],
+               [v for _, v in points.values()], width=0.5, color="#9467bd")
+        ax.set_title(title if not curves else "logged once", fontsize=None if not curves else 9)
+        ax.set_ylabel(ylabel if not curves else "")
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    return fig
 
 
 def plot_metric_curves(
     rows: Sequence[dict[str, Any]], keys: Sequence[str], path: Path, title: str, ylabel: str
 ) -> Path | None:
-    """Line per metric key over steps (e.g. accuracy and reward); None if none logged."""
-    fig, ax = plt.subplots(figsize=(7, 4))
-    drawn = 0
-    for key in keys:
-        steps, values = series(rows, key)
-        if steps:
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3, label=key)
-            drawn += 1
-    if not drawn:
-        plt.close(fig)
-        return None
-    return _finish_step_axes(fig, ax, ylabel, title, path)
+    """metric_curves_figure as a PNG (e.g. accuracy and reward); None if none logged."""
+    fig = metric_curves_figure(rows, keys, title, ylabel)
+    return _save(fig, path) if fig is not None else None
 
 
 def plot_pass_at_k(evals: Sequence[tuple[str, dict[str, Any]]], benchmark: str, path: Path) -> Path | None:
@@ -224,8 +259,6 @@ def plot_level_bars(values: dict[str, dict[str, list[float]]], path: Path, title
     """Per factor level, one bar per format: the mean over seeds, whiskers at the seeds' min
     and max (stacked: the mean shares stacked, no whiskers). `values[level][format]` lists
     the seeds' values. None if empty."""
-    import numpy as np
-
     levels = [lv for lv, d in values.items() if any(d.values())]
     if not levels:
         return None
@@ -257,8 +290,6 @@ def plot_before_after(values: dict[str, tuple[list[float], list[float]]], path: 
                       ylabel: str) -> Path | None:
     """Per factor level, a bar before and a bar after RL: the mean over seeds, whiskers at
     their min and max. `values[level] = (before values, after values)`. None if empty."""
-    import numpy as np
-
     levels = [lv for lv, (b, a) in values.items() if b or a]
     if not levels:
         return None

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the handler imports what it runs (torch, megatron): `echo-nemo --help` stays light
+    from echo_nemo import distributed as D
     from echo_nemo.config import load_recipe
     from echo_nemo.rl.config import RLConfig
     from echo_nemo.rl.run import run_rl
@@ -30,8 +32,6 @@ def _run(args: argparse.Namespace) -> int:
     overrides = args.overrides + ([f"run_dir={args.out}"] if args.out else [])
     cfg = load_recipe(RLConfig, args.recipe, overrides)
     run_dir = run_rl(cfg)
-    from echo_nemo import distributed as D
-
     if D.is_main():
         print(f"rl run dir: {run_dir}")
     D.destroy_distributed()

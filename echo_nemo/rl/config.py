@@ -1,4 +1,4 @@
-"""RLConfig: the schema of recipes/rl/*.yaml (one typed dataclass per section)."""
+"""RLConfig: the schema of recipes/rl/*.yaml (one typed dataclass per section, `*Config`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from echo_nemo.config import ParallelConfig
+from echo_nemo.config import ParallelConfig, SamplingConfig
 from echo_nemo.errors import UserError
 from echo_nemo.optim import OptimConfig
 
@@ -14,7 +14,7 @@ ALGORITHMS = ("ppo", "grpo", "reinforce", "ei")
 
 
 @dataclass
-class ModelSection:
+class RLModelConfig:
     init: str | None = None  # checkpoint dir or run dir; None = a freshly initialised model
     scale: str = "debug"  # used only when init is None
     tokenizer: str | None = None  # None = the checkpoint's tokenizer, else the default one
@@ -22,7 +22,7 @@ class ModelSection:
 
 
 @dataclass
-class DataSection:
+class RLDataConfig:
     train: str = "echolab_train"  # a load_problems name
     train_path: str | None = None
     train_limit: int | None = None
@@ -32,12 +32,11 @@ class DataSection:
 
 
 @dataclass
-class RolloutSection:
+class RolloutConfig(SamplingConfig):
+    """The rollout phase: the sampling settings (temperature, top_p, top_k) and its sizes."""
+
     prompts_per_step: int = 8
     samples_per_prompt: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
     max_new_tokens: int = 128
     max_prompt_tokens: int = 128
     batch_size: int | None = None  # sequences per generation batch; None = all at once
@@ -57,7 +56,7 @@ class RLOptimConfig(OptimConfig):
 
 
 @dataclass
-class KLSection:
+class KLConfig:
     coef: float = 0.0  # 0 loads no reference model
     estimator: str = "k3"  # k1 | k2 | k3
     # where the KL term goes: true = -coef * k1 per token in the reward, false = a loss
@@ -66,7 +65,7 @@ class KLSection:
 
 
 @dataclass
-class PPOSection:
+class PPOConfig:
     clip: float = 0.2
     value_clip: float = 0.2
     gamma: float = 1.0
@@ -77,23 +76,22 @@ class PPOSection:
 
 
 @dataclass
-class GRPOSection:
+class GRPOConfig:
     clip: float = 0.2
     scale_by_std: bool = True
 
 
 @dataclass
-class ReinforceSection:
+class ReinforceConfig:
     clip: float = 0.2  # ratio clip (the ratio is exactly 1 with one epoch; guards extra epochs)
     ema_decay: float = 0.9  # EMA baseline's decay when samples_per_prompt == 1
 
 
 @dataclass
-class EISection:
+class EIConfig:
     rounds: int = 3
     samples_per_question: int = 64
-    temperature: float = 1.0
-    top_p: float = 0.95
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95))
     sft_lr: float = 1e-4
     sft_epochs: int = 2
     sft_batch_size: int = 64  # sequences per optimizer step (micro-batched)
@@ -102,7 +100,7 @@ class EISection:
 
 
 @dataclass
-class RewardSection:
+class RewardConfig:
     url: str | None = None  # None = start a local reward server for the run
     workers: int = 2
     in_process: bool = False  # score in this process (tests, debugging)
@@ -110,7 +108,7 @@ class RewardSection:
 
 
 @dataclass
-class RLCheckpointSection:
+class RLCheckpointConfig:
     """Resume checkpoints, besides the study's `num_checkpoints` log-spaced ones (kept forever).
 
     The shape of pretraining's `checkpoint:` section (echo_nemo.train.config.CheckpointConfig)."""
@@ -131,20 +129,21 @@ class RLConfig:
     eval_max_new_tokens: int | None = None
     num_checkpoints: int = 15  # the study's logspace(-2.1, 0, 15) x total steps
     entropy_coef: float = 0.0
-    model: ModelSection = field(default_factory=ModelSection)
+    model: RLModelConfig = field(default_factory=RLModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    data: DataSection = field(default_factory=DataSection)
-    rollout: RolloutSection = field(default_factory=RolloutSection)
+    data: RLDataConfig = field(default_factory=RLDataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: RLOptimConfig = field(default_factory=RLOptimConfig)
-    kl: KLSection = field(default_factory=KLSection)
-    ppo: PPOSection = field(default_factory=PPOSection)
-    grpo: GRPOSection = field(default_factory=GRPOSection)
-    reinforce: ReinforceSection = field(default_factory=ReinforceSection)
-    ei: EISection = field(default_factory=EISection)
-    reward: RewardSection = field(default_factory=RewardSection)
-    checkpoint: RLCheckpointSection = field(default_factory=RLCheckpointSection)
+    kl: KLConfig = field(default_factory=KLConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
+    ei: EIConfig = field(default_factory=EIConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    checkpoint: RLCheckpointConfig = field(default_factory=RLCheckpointConfig)
 
-    RENAMED: ClassVar[dict[str, str]] = {"model.tp": "parallel.tp"}
+    RENAMED: ClassVar[dict[str, str]] = {"model.tp": "parallel.tp", "ei.temperature": "ei.sampling.temperature",
+                                         "ei.top_p": "ei.sampling.top_p"}
 
     def validate(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -153,10 +152,8 @@ class RLConfig:
             raise UserError(f"kl.estimator: expected k1, k2 or k3, got {self.kl.estimator!r}")
         if self.kl.coef < 0:
             raise UserError(f"kl.coef must be >= 0, got {self.kl.coef}")
-        if self.rollout.temperature <= 0:
-            raise UserError(f"rollout.temperature must be > 0, got {self.rollout.temperature}")
-        if not 0 < self.rollout.top_p <= 1:
-            raise UserError(f"rollout.top_p must be in (0, 1], got {self.rollout.top_p}")
+        self.rollout.validate("rollout")
+        self.ei.sampling.validate("ei.sampling")
         for key in ("prompts_per_step", "samples_per_prompt", "max_new_tokens"):
             if getattr(self.rollout, key) < 1:
                 raise UserError(f"rollout.{key} must be >= 1, got {getattr(self.rollout, key)}")

@@ -20,10 +20,12 @@ from tqdm import tqdm
 
 from echo_nemo import distributed as D
 from echo_nemo.model.generate import Rollout
-from echo_nemo.rl.algorithm import Algorithm, Batch
+from echo_nemo.optim import optimizer_step
+from echo_nemo.rl.algorithm import Algorithm
 from echo_nemo.rl.experience import Experience, build_experience, micro_batches, sequence_logprobs
-from echo_nemo.rl.loop import optimizer_step
 from echo_nemo.rl.losses import masked_mean
+from echo_nemo.rl.rollout import Batch
+from echo_nemo.rl.state import RLRun
 from echo_nemo.speed import between_steps
 
 
@@ -65,32 +67,32 @@ def _concat(parts: list[Rollout]) -> Rollout:
 
 
 class ExpertIteration(Algorithm):
-    def setup(self, run) -> None:
+    def setup(self, run: RLRun) -> None:
         # no policy optimizer: each round's SFT builds its own; keep the base weights
         self.base = {k: v.detach().clone() if isinstance(v, torch.Tensor) else v
                      for k, v in run.model.state_dict().items()}
 
-    def sample(self, run, rnd: int) -> Batch:
+    def sample(self, run: RLRun, rnd: int) -> Batch:
         """k samples per question, in chunks of rollout.prompts_per_step questions."""
         cfg = run.cfg
-        questions = run.problems[: cfg.ei.questions_per_round] if cfg.ei.questions_per_round else run.problems
+        questions = run.sampler.problems
+        questions = questions[: cfg.ei.questions_per_round] if cfg.ei.questions_per_round else questions
         chunk = cfg.rollout.prompts_per_step
         parts = []
         for start in tqdm(range(0, len(questions), chunk), desc=f"ei round {rnd} sampling", leave=False,
                           disable=not D.is_main()):
             qs = questions[start : start + chunk]
             between_steps()  # a round is one long phase
-            parts.append(run.generate(qs, rnd * 1_000_003 + start, samples=cfg.ei.samples_per_question,
-                                      temperature=cfg.ei.temperature, top_p=cfg.ei.top_p))
+            parts.append(run.sampler.generate(qs, rnd * 1_000_003 + start, samples=cfg.ei.samples_per_question,
+                                              sampling=cfg.ei.sampling))
         return Batch(questions, _concat(parts), cfg.ei.samples_per_question)
 
-    def experience(self, run, batch: Batch, rewards: list[float]) -> Experience:
+    def experience(self, run: RLRun, batch: Batch, rewards: list[float]) -> Experience:
         """Training tensors of the kept samples only (verified, deduplicated)."""
         qids = [q.id for q in batch.problems for _ in range(batch.samples)]
         keep, dupes = filter_and_dedupe(qids, batch.rollout.completions, rewards)
-        pad = run.tokenizer.pad_id if run.tokenizer.pad_id is not None else run.tokenizer.eos_id
         kept = _subset(batch.rollout, keep)
-        exp = build_experience(kept, [rewards[i] for i in keep], pad, run.device) if keep else None
+        exp = build_experience(kept, [rewards[i] for i in keep], run.pad_id, run.device) if keep else None
         stats = {"ei/kept": float(len(keep)), "ei/duplicates": float(dupes),
                  "ei/questions_solved": float(len({qids[i] for i in keep})) / max(1, len(batch.problems))}
         if exp is None:  # nothing verified: an empty experience, SFT is skipped
@@ -98,16 +100,16 @@ class ExpertIteration(Algorithm):
         exp.stats.update(stats)
         return exp
 
-    def advantages(self, run, exp: Experience) -> None:
+    def advantages(self, run: RLRun, exp: Experience) -> None:
         """Nothing to weigh: every kept sample is a target of the SFT."""
 
-    def update(self, run, exp: Experience, step: int):
+    def update(self, run: RLRun, exp: Experience, step: int):
         if not run.cfg.ei.online:
             run.model.load_state_dict(self.base)
         return sft(run, exp), None
 
 
-def sft(run, exp: Experience) -> dict[str, float]:
+def sft(run: RLRun, exp: Experience) -> dict[str, float]:
     """Supervised fine-tuning on the kept samples: NLL of the completion tokens (EOS included)."""
     cfg = run.cfg
     if len(exp) == 0:

@@ -13,15 +13,16 @@ from __future__ import annotations
 from echo_nemo.rl.advantages import group_normalized, sequence_to_tokens
 from echo_nemo.rl.algorithm import Algorithm
 from echo_nemo.rl.experience import Experience
+from echo_nemo.rl.state import RLRun
 
 
 class GRPO(Algorithm):
     kl_in_reward = False
 
-    def clip(self, run) -> float:
+    def clip(self, run: RLRun) -> float:
         return run.cfg.grpo.clip
 
-    def advantages(self, run, exp: Experience) -> None:
+    def advantages(self, run: RLRun, exp: Experience) -> None:
         """Group-normalised, sequence-level advantages broadcast to the completion tokens."""
         cfg = run.cfg
         adv = group_normalized(exp.sequence_rewards(), cfg.rollout.samples_per_prompt, scale=cfg.grpo.scale_by_std)

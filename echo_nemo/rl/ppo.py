@@ -15,11 +15,14 @@ from __future__ import annotations
 import torch
 
 from echo_nemo.model.forward import causal_forward
+from echo_nemo.optim import optimizer_step
 from echo_nemo.rl.advantages import gae, whiten
-from echo_nemo.rl.algorithm import Algorithm, AuxModel, clone_model
+from echo_nemo.rl.algorithm import Algorithm
 from echo_nemo.rl.experience import Experience, length_batches
-from echo_nemo.rl.loop import optimizer_step, policy_update
 from echo_nemo.rl.losses import clipped_value_loss, masked_mean
+from echo_nemo.rl.models import AuxModel, clone_model
+from echo_nemo.rl.policy import policy_update
+from echo_nemo.rl.state import RLRun
 
 
 class ValueHead(torch.nn.Module):
@@ -39,7 +42,7 @@ class ValueHead(torch.nn.Module):
         return torch.nn.functional.linear(hidden_states.float(), self.weight.float(), self.bias.float()), None
 
 
-def build_critic(run):
+def build_critic(run: RLRun):
     """A copy of the starting policy with a value head; untied so the head checkpoints as itself."""
     critic = clone_model(run.model, run.model_config)
     critic.output_layer = ValueHead(critic.config.hidden_size).to(next(critic.parameters()).device)
@@ -55,18 +58,18 @@ def critic_values(critic, tokens: torch.Tensor) -> torch.Tensor:
 class PPO(Algorithm):
     kl_in_reward = True
 
-    def clip(self, run) -> float:
+    def clip(self, run: RLRun) -> float:
         return run.cfg.ppo.clip
 
-    def setup(self, run) -> None:
+    def setup(self, run: RLRun) -> None:
         super().setup(run)
         critic = build_critic(run)
         opt, sched = run.cfg.optim.build(critic, run.total, lr=run.cfg.optim.critic_lr)
-        run.aux["critic"] = AuxModel(critic, opt, sched)
+        run.state.aux["critic"] = AuxModel(critic, opt, sched)
 
-    def advantages(self, run, exp: Experience) -> None:
+    def advantages(self, run: RLRun, exp: Experience) -> None:
         """Token rewards (terminal reward + per-token KL penalty), GAE, whitening."""
-        cfg, critic = run.cfg, run.aux["critic"].module
+        cfg, critic = run.cfg, run.state.aux["critic"].module
         values = torch.zeros_like(exp.mask)
         with torch.no_grad():
             for rows, w in length_batches(exp.mask, cfg.optim.micro_batch_size):
@@ -76,20 +79,20 @@ class PPO(Algorithm):
         exp.values, exp.returns = values, returns
         exp.advantages = whiten(adv, exp.mask) if cfg.ppo.whiten_advantages else adv
 
-    def update(self, run, exp: Experience, step: int):
+    def update(self, run: RLRun, exp: Experience, step: int):
         stats: dict[str, float] = {}
         entropy = None
         if step > run.cfg.ppo.critic_warmup_steps:
             stats, entropy = policy_update(run, exp, self.clip(run))
         else:  # the actor waits while the critic warms up; its schedule still advances
-            run.sched.step()
+            run.state.sched.step()
         stats.update(critic_update(run, exp))
         return stats, entropy
 
 
-def critic_update(run, exp: Experience) -> dict[str, float]:
+def critic_update(run: RLRun, exp: Experience) -> dict[str, float]:
     """Clipped value loss over `optim.epochs` passes, one optimizer step each."""
-    cfg, aux = run.cfg, run.aux["critic"]
+    cfg, aux = run.cfg, run.state.aux["critic"]
     total = exp.mask.sum().clamp(min=1)
     aux.module.train()
     loss_sum, norm = 0.0, 0.0

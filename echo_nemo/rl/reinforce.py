@@ -15,16 +15,17 @@ from __future__ import annotations
 from echo_nemo.rl.advantages import reinforce_baseline, sequence_to_tokens
 from echo_nemo.rl.algorithm import Algorithm
 from echo_nemo.rl.experience import Experience
+from echo_nemo.rl.state import RLRun
 
 
 class Reinforce(Algorithm):
     kl_in_reward = True
 
-    def clip(self, run) -> float:
+    def clip(self, run: RLRun) -> float:
         return run.cfg.reinforce.clip
 
-    def advantages(self, run, exp: Experience) -> None:
-        cfg, state = run.cfg, run.algo_state  # the EMA baseline survives a resume
+    def advantages(self, run: RLRun, exp: Experience) -> None:
+        cfg, state = run.cfg, run.state.algo_state  # the EMA baseline survives a resume
         rewards = exp.sequence_rewards()
         k = cfg.rollout.samples_per_prompt
         if k > 1:

@@ -1,20 +1,28 @@
 """`echo-nemo study RECIPE [--only f1,f3] [--seeds N] [--budget smoke|full] [--cluster local|slurm|debug]
-[--dry-run] [--reuse-done] [k=v ...]`: plan, run and report a whole study (recipes/study/*.yaml)."""
+[--dry-run] [--reuse-done] [k=v ...]`: plan, run and report a whole study (recipes/study/*.yaml).
+
+`echo-nemo study RECIPE|STUDY_DIR --report-only` writes the report of the runs finished so far."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from echo_nemo.launch.config import CLUSTERS
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the handler imports what it runs: `echo-nemo --help` builds this parser without them
     from echo_nemo.launch.submit import is_done
     from echo_nemo.study.plan import describe, load_study, plan_study, refuse_changed, write_plan
 
+    if args.report_only and Path(args.recipe).is_dir():  # a study folder: no recipe to plan
+        return _report(Path(args.recipe))
     only = [f.strip() for f in args.only.split(",") if f.strip()] if args.only else None
     cfg = load_study(args.recipe, args.overrides, only=only, seeds=args.seeds, budget=args.budget)
     plan = plan_study(cfg, args.out)
+    if args.report_only:
+        return _report(plan.study_dir)
     done = {r.key for r in plan.runs if is_done(r.run_dir)}
     if not args.reuse_done:
         refuse_changed(plan, done)
@@ -38,6 +46,13 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(study_dir: Path) -> int:
+    from echo_nemo.study.report import build_study_report
+
+    print(f"[study] report: {build_study_report(study_dir, study_dir / 'report')}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "study",
@@ -47,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "machinery (finished runs are skipped, so an interrupted study resumes) and write a report with a "
         "figure and a verdict per finding.",
     )
-    p.add_argument("recipe", help="recipes/study/<study>.yaml")
+    p.add_argument("recipe", help="recipes/study/<study>.yaml (with --report-only also a study folder)")
     p.add_argument("overrides", nargs="*", metavar="k=v", help="dotted overrides of the study recipe")
     p.add_argument("--only", default=None, metavar="F1,F2", help="only these findings (e.g. f1,f4)")
     p.add_argument("--seeds", type=int, default=None, help="RL seeds per level (default: the recipe's)")
@@ -57,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="parent of the study folder (default: the recipe's out_dir); the folder is DIR/NAME/BUDGET")
     p.add_argument("--dry-run", action="store_true", help="print every run and its command line, run nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the study's report from the runs finished so far, run nothing")
     p.add_argument("--reuse-done", action="store_true",
                    help="keep finished runs whose command line the recipe has since changed (default: refuse)")
     p.set_defaults(func=_run)

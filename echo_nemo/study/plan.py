@@ -29,6 +29,7 @@ from echo_nemo.config import REPO_ROOT, load_recipe, schema_for_recipe, to_yaml
 from echo_nemo.errors import UserError
 from echo_nemo.launch.config import resolve_path
 from echo_nemo.launch.grid import label_of
+from echo_nemo.launch.submit import changed_since_done
 from echo_nemo.study.config import STAGES, Budget, Finding, StudyConfig
 
 
@@ -127,73 +128,10 @@ def load_study(recipe: str | os.PathLike, overrides: list[str] | None = None, on
 
 def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, validate: bool = True) -> StudyPlan:
     """Every run of the selected findings (`cfg.only`, empty: all) in stage order (data, pretrain, rl, eval)."""
-    budget: Budget = cfg.budgets[cfg.budget]
     study_dir = (resolve_path(str(out_dir) if out_dir else cfg.out_dir, Path.cwd()) / cfg.name / cfg.budget).resolve()
-    runs: dict[str, StudyRun] = {}
-    by_signature: dict[str, str] = {}
-
-    def add(stage: str, key: str, signature: Any, argv_of, after: list[str], cost: float = 1.0) -> str:
-        sig = json.dumps([stage, signature])
-        if sig in by_signature:
-            return by_signature[sig]
-        if key in runs:  # same name, different content (e.g. one data recipe, two overrides)
-            key = f"{key}-{zlib.crc32(sig.encode()) % 16**6:06x}"
-        run_dir = study_dir / key
-        runs[key] = StudyRun(stage, key, argv_of(run_dir), run_dir, after, cost)
-        by_signature[sig] = key
-        return key
-
-    def pretraining(name: str) -> str:
-        p = cfg.pretrain[name]
-        data_recipe = _recipe(p.data, f"pretrain.{name}.data")
-        data_over = [*p.data_overrides, *budget.data]
-        # a pretraining's own data overrides name the build, so that the name does not depend
-        # on which findings run together (--only): f5's 1-5-step corpus never reuses f1's
-        build = "__".join([Path(data_recipe).stem, *map(label_of, p.data_overrides)])
-        data_key = add("data", f"data/{build}", [data_recipe, data_over],
-                       lambda d: ["data", "build", data_recipe, *data_over, "--out", str(d)], [])
-        pre_recipe = _recipe(p.recipe, f"pretrain.{name}")
-        over = [*p.overrides, *budget.pretrain, f"data.shards={runs[data_key].run_dir}"]
-        return add("pretrain", f"pretrain/{name}", [pre_recipe, over],
-                   lambda d: ["pretrain", pre_recipe, *over, f"run_dir={d}"], [data_key], p.cost)
-
-    def evaluation(key: str, spec_index: int, f: Finding, target: str) -> tuple[str, str]:
-        spec = f.evals[spec_index]
-        label = spec.label or f"eval{spec_index}"
-        recipe = _recipe(spec.recipe, f"finding eval {label}")
-        over = [*spec.overrides, *budget.eval]
-        target_dir = str(runs[target].run_dir)
-        steps = ["--all-steps"] if spec.over_steps else []
-        ev = add("eval", key, [recipe, over, target_dir, spec.over_steps],
-                 lambda d: ["eval", recipe, *over, "--checkpoint", target_dir, *steps, "--out", str(d),
-                            "--label", label], [target])
-        return label, ev
-
-    members: dict[str, list[Member]] = {}
-    for fid, f in cfg.findings.items():
-        levels = list(f.levels.items())
-        if budget.max_levels > 0:
-            levels = levels[: budget.max_levels]
-        members[fid] = []
-        for label, level in levels:
-            pre_name = level.pretrain or f.pretrain
-            pre_key = pretraining(pre_name)
-            rl_recipe = _recipe(level.rl_recipe or f.rl_recipe, f"finding {fid} RL")
-            before: dict[str, str] = {}
-            for i, spec in enumerate(f.evals):
-                if spec.before:
-                    lbl, ev = evaluation(f"eval/pretrain/{pre_name}/{spec.label or f'eval{i}'}", i, f, pre_key)
-                    before[lbl] = ev
-            for seed in range(cfg.seeds):
-                over = [*f.rl, *level.rl, *budget.rl, f"model.init={runs[pre_key].run_dir}", f"seed={seed}"]
-                rl_key = add("rl", f"rl/{fid}/{label}/seed-{seed}", [rl_recipe, over],
-                             lambda d, r=rl_recipe, o=over: ["rl", r, *o, f"run_dir={d}"], [pre_key], level.cost)
-                m = Member(label, seed, rl_key, before=dict(before))
-                for i, spec in enumerate(f.evals):
-                    lbl = spec.label or f"eval{i}"
-                    m.evals[lbl] = evaluation(f"eval/{fid}/{label}/seed-{seed}/{lbl}", i, f, rl_key)[1]
-                members[fid].append(m)
-    ordered = [r for stage in STAGES for r in runs.values() if r.stage == stage]
+    planner = _Planner(cfg, study_dir)
+    members = {fid: planner.finding(fid, f) for fid, f in cfg.findings.items()}
+    ordered = [r for stage in STAGES for r in planner.runs.values() if r.stage == stage]
     # every finding is planned so that a run's name never depends on --only; then only the
     # runs the selected findings need (and what those need) are kept
     selected = {fid: m for fid, m in members.items() if not cfg.only or fid in cfg.only}
@@ -205,6 +143,85 @@ def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, valid
     if validate:
         validate_runs(plan)
     return plan
+
+
+class _Planner:
+    """Turns a study's findings into runs, each planned once: a run with the same stage and
+    content (recipe, overrides, inputs) as an earlier one is that run (shared pretrainings)."""
+
+    def __init__(self, cfg: StudyConfig, study_dir: Path) -> None:
+        self.cfg = cfg
+        self.budget: Budget = cfg.budgets[cfg.budget]
+        self.study_dir = study_dir
+        self.runs: dict[str, StudyRun] = {}
+        self.by_signature: dict[str, str] = {}
+
+    def add(self, stage: str, key: str, signature: Any, argv_of, after: list[str], cost: float = 1.0) -> str:
+        """The key of the run with this content: an earlier one, or a new run named `key`."""
+        sig = json.dumps([stage, signature])
+        if sig in self.by_signature:
+            return self.by_signature[sig]
+        if key in self.runs:  # same name, different content (e.g. one data recipe, two overrides)
+            key = f"{key}-{zlib.crc32(sig.encode()) % 16**6:06x}"
+        run_dir = self.study_dir / key
+        self.runs[key] = StudyRun(stage, key, argv_of(run_dir), run_dir, after, cost)
+        self.by_signature[sig] = key
+        return key
+
+    def pretraining(self, name: str) -> str:
+        """The data build and the pretraining of `cfg.pretrain[name]`; the pretraining's key."""
+        p, budget = self.cfg.pretrain[name], self.budget
+        data_recipe = _recipe(p.data, f"pretrain.{name}.data")
+        data_over = [*p.data_overrides, *budget.data]
+        # a pretraining's own data overrides name the build, so that the name does not depend
+        # on which findings run together (--only): f5's 1-5-step corpus never reuses f1's
+        build = "__".join([Path(data_recipe).stem, *map(label_of, p.data_overrides)])
+        data_key = self.add("data", f"data/{build}", [data_recipe, data_over],
+                            lambda d: ["data", "build", data_recipe, *data_over, "--out", str(d)], [])
+        pre_recipe = _recipe(p.recipe, f"pretrain.{name}")
+        over = [*p.overrides, *budget.pretrain, f"data.shards={self.runs[data_key].run_dir}"]
+        return self.add("pretrain", f"pretrain/{name}", [pre_recipe, over],
+                        lambda d: ["pretrain", pre_recipe, *over, f"run_dir={d}"], [data_key], p.cost)
+
+    def evaluation(self, key: str, spec_index: int, f: Finding, target: str) -> tuple[str, str]:
+        """(label, key) of the finding's eval `spec_index` of the run `target`."""
+        spec = f.evals[spec_index]
+        label = spec.label or f"eval{spec_index}"
+        recipe = _recipe(spec.recipe, f"finding eval {label}")
+        over = [*spec.overrides, *self.budget.eval]
+        target_dir = str(self.runs[target].run_dir)
+        steps = ["--all-steps"] if spec.over_steps else []
+        ev = self.add("eval", key, [recipe, over, target_dir, spec.over_steps],
+                      lambda d: ["eval", recipe, *over, "--checkpoint", target_dir, *steps, "--out", str(d),
+                                 "--label", label], [target])
+        return label, ev
+
+    def finding(self, fid: str, f: Finding) -> list[Member]:
+        """Per level (up to the budget's max_levels): its pretraining, the evals before RL, and
+        per seed the RL run and its evals."""
+        levels = list(f.levels.items())
+        if self.budget.max_levels > 0:
+            levels = levels[: self.budget.max_levels]
+        members: list[Member] = []
+        for label, level in levels:
+            pre_name = level.pretrain or f.pretrain
+            pre_key = self.pretraining(pre_name)
+            rl_recipe = _recipe(level.rl_recipe or f.rl_recipe, f"finding {fid} RL")
+            before: dict[str, str] = {}
+            for i, spec in enumerate(f.evals):
+                if spec.before:
+                    lbl, ev = self.evaluation(f"eval/pretrain/{pre_name}/{spec.label or f'eval{i}'}", i, f, pre_key)
+                    before[lbl] = ev
+            for seed in range(self.cfg.seeds):
+                over = [*f.rl, *level.rl, *self.budget.rl, f"model.init={self.runs[pre_key].run_dir}", f"seed={seed}"]
+                rl_key = self.add("rl", f"rl/{fid}/{label}/seed-{seed}", [rl_recipe, over],
+                                  lambda d, r=rl_recipe, o=over: ["rl", r, *o, f"run_dir={d}"], [pre_key], level.cost)
+                m = Member(label, seed, rl_key, before=dict(before))
+                for i, spec in enumerate(f.evals):
+                    lbl = spec.label or f"eval{i}"
+                    m.evals[lbl] = self.evaluation(f"eval/{fid}/{label}/seed-{seed}/{lbl}", i, f, rl_key)[1]
+                members.append(m)
+        return members
 
 
 def validate_runs(plan: StudyPlan) -> None:
@@ -254,8 +271,6 @@ def refuse_changed(plan: StudyPlan, done: set[str]) -> None:
     """Exit 2 when a finished run's command line is no longer the one the recipe gives it:
     its results would be reported under the new design (e.g. a pretraining whose steps the
     recipe raised since). The user moves the run away to redo it, or keeps it knowingly."""
-    from echo_nemo.launch.submit import changed_since_done
-
     lines = []
     for r in plan.runs:
         diff = changed_since_done(r.run_dir, r.argv, plan.study_dir) if r.key in done else None

@@ -5,7 +5,7 @@
         submit the rest, longest first (one submitit executor per stage: its profile and
         resources; locally a pool of the stage's array_parallelism slots sharing the cores)
         wait for each, printing progress: runs done / total, elapsed, ETA
-    write the report (echo_nemo.report.study)
+    write the report (echo_nemo.study.report)
 
 A stage starts when the one before it has finished (a barrier; simple and right on one
 machine, and on SLURM it costs only the queue wait between stages). Every run is
@@ -32,6 +32,7 @@ from echo_nemo.launch.config import ClusterProfile, load_profile
 from echo_nemo.launch.submit import LOG_DIR, PointJob, is_done, make_executor
 from echo_nemo.study.config import STAGES
 from echo_nemo.study.plan import StudyPlan, StudyRun
+from echo_nemo.study.report import build_study_report
 
 POLL_S = 2.0  # how often a local pool looks for a finished run
 
@@ -225,8 +226,6 @@ def stage_profiles(plan: StudyPlan) -> dict[str, ClusterProfile]:
 
 def run_study(plan: StudyPlan, cluster: str, echo: Callable[[str], None] = print) -> Progress:
     """Every stage in order, then the report; returns the progress record (done / failed)."""
-    from echo_nemo.report.study import build_study_report
-
     if cluster == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--cluster slurm needs `sbatch` on PATH (a SLURM login node, or slurm/local_cluster.sh "
                         "start); use --cluster local to run on this machine")

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # the handler imports what it runs (torch, megatron): `echo-nemo --help` stays light
+    from echo_nemo import distributed as D
     from echo_nemo.config import load_recipe
     from echo_nemo.train.config import PretrainConfig
     from echo_nemo.train.loop import pretrain
@@ -29,8 +31,6 @@ def _run(args: argparse.Namespace) -> int:
     overrides = args.overrides + ([f"run_dir={args.out}"] if args.out else [])
     cfg = load_recipe(PretrainConfig, args.recipe, overrides)
     run_dir = pretrain(cfg)
-    from echo_nemo import distributed as D
-
     if D.is_main():
         print(f"[pretrain] done: {run_dir}")
     D.destroy_distributed()

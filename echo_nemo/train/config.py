@@ -8,6 +8,7 @@ from typing import ClassVar
 from echo_nemo.config import ParallelConfig
 from echo_nemo.errors import UserError
 from echo_nemo.model.build import ModelConfig
+from echo_nemo.model.scales import get_scale
 from echo_nemo.optim import OptimConfig
 
 
@@ -52,8 +53,6 @@ class PretrainConfig:
     RENAMED: ClassVar[dict[str, str]] = {"optim.beta1": "optim.betas.0", "optim.beta2": "optim.betas.1"}
 
     def validate(self) -> None:
-        from echo_nemo.model.scales import get_scale
-
         get_scale(self.model.scale)  # names the valid scales when it is not one
         t = self.train
         if t.steps <= 0:

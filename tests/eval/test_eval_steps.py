@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from echo_nemo.errors import UserError
-from echo_nemo.eval.config import EvalConfig, SamplingConfig
+from echo_nemo.eval.config import EvalConfig, EvalSamplingConfig
 from echo_nemo.eval.run import results_to_metrics, run_eval
 from echo_nemo.eval.steps import plan_steps, run_eval_steps
 
@@ -27,7 +27,7 @@ def rl_run(tmp_path_factory) -> Path:
     from echo_nemo.checkpoint import save_checkpoint
     from echo_nemo.config import save_config
     from echo_nemo.model.build import ModelConfig, build_gpt
-    from echo_nemo.rl.config import ModelSection, RLConfig
+    from echo_nemo.rl.config import RLConfig, RLModelConfig
     from echo_nemo.tokenizer import load_tokenizer
 
     if not torch.distributed.is_initialized():
@@ -39,7 +39,7 @@ def rl_run(tmp_path_factory) -> Path:
     model = build_gpt(cfg, tok.vocab_size)
     save_checkpoint(root / "pre", 40, model, model_config=cfg, tokenizer=str(tok.path))
     run = root / "rl"
-    save_config(RLConfig(run_dir=str(run), model=ModelSection(init=str(root / "pre"))), run)
+    save_config(RLConfig(run_dir=str(run), model=RLModelConfig(init=str(root / "pre"))), run)
     for step in (1, 2, 4):
         with torch.no_grad():  # a different model at every step, as training makes it
             for p in model.parameters():
@@ -51,7 +51,7 @@ def rl_run(tmp_path_factory) -> Path:
 
 def _cfg(run: Path, out: Path, **kw) -> EvalConfig:
     base = dict(checkpoint=str(run), run_dir=str(out), all_steps=True, benchmarks=["echolab_hard"], limit=2,
-                max_new_tokens=6, sampling=SamplingConfig(n=2, temperature=0.7), ks=[1, 2], batch_size=4)
+                max_new_tokens=6, sampling=EvalSamplingConfig(n=2, temperature=0.7), ks=[1, 2], batch_size=4)
     return EvalConfig(**{**base, **kw})
 
 

@@ -126,3 +126,48 @@ def test_format_share_with_one_point_is_drawn(tmp_path):
     tiny = _share_of_pixels(png, FORMAT_COLORS["tinygsm"])
     assert code > 0.05  # a bar, not just the legend's swatch (~0.1% of the image)
     assert 5 < code / tiny < 15  # the stack keeps the 9:1 proportion (up to the legend swatches)
+
+
+def test_a_series_with_one_point_draws_bars_and_with_several_draws_lines():
+    """Accuracy and greedy formats logged once (an eval only at the last step) are bars named
+    by their step; logged at several steps they are curves over the step axis."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    from echo_nemo.report.plots import format_share_figure, metric_curves_figure
+
+    def eval_row(step, code):
+        return {"step": step, "acc/echolab/pass@1": 0.3 + code / 2, "eval/format/llm_code/share": code,
+                "eval/format/tinygsm/share": 1 - code, "eval/format/text/share": 0.0,
+                "eval/format/other/share": 0.0}
+
+    train = [{"step": s, "reward/mean": s / 10} for s in range(1, 11)]
+    once = [*train[:-1], {**train[-1], **eval_row(10, 0.9)}]
+    often = [{**r, **eval_row(r["step"], r["step"] / 10)} if r["step"] % 5 == 0 else r for r in train]
+    often = [eval_row(0, 0.2), *often]
+    keys = ["reward/mean", "acc/echolab/pass@1"]
+
+    fig = metric_curves_figure(once, keys, "t", "y")
+    lines_ax, bars_ax = fig.axes
+    assert [ln.get_label() for ln in lines_ax.lines] == ["reward/mean"]
+    assert len(bars_ax.patches) == 1 and bars_ax.patches[0].get_height() == 0.75
+    assert bars_ax.get_xticklabels()[0].get_text() == "acc/echolab/pass@1\n(step 10)"
+    plt.close(fig)
+
+    fig = metric_curves_figure(often, keys, "t", "y")
+    (ax,) = fig.axes
+    assert sorted(ln.get_label() for ln in ax.lines) == sorted(keys) and not ax.patches
+    assert list(ax.lines[1].get_xdata()) == [0, 5, 10]
+    plt.close(fig)
+
+    fig = format_share_figure(once, "t", prefix="eval/")
+    (ax,) = fig.axes
+    assert len(ax.patches) == 4 and not any(isinstance(c, PolyCollection) for c in ax.collections)
+    assert ax.get_xticklabels()[0].get_text() == "step 10"
+    plt.close(fig)
+
+    fig = format_share_figure(often, "t", prefix="eval/")
+    (ax,) = fig.axes
+    assert not ax.patches and sum(isinstance(c, PolyCollection) for c in ax.collections) == 4
+    assert ax.get_xlim() == (0, 10)
+    plt.close(fig)

@@ -6,11 +6,11 @@ import pytest
 import torch
 from rl_helpers import CharTokenizer, Prompt, starts_with_reward
 
-from echo_nemo.checkpoint import log_spaced_steps as checkpoint_steps
 from echo_nemo.metrics import read_metrics
 from echo_nemo.rl.config import RLConfig
 from echo_nemo.rl.expert_iteration import filter_and_dedupe
 from echo_nemo.rl.run import open_run, run_rl
+from echo_nemo.schedule import log_spaced_steps as checkpoint_steps
 
 PROBLEMS = [Prompt(f"q{i}", "1") for i in range(16)]
 LOWER = starts_with_reward(string.ascii_lowercase)
@@ -109,6 +109,18 @@ def test_resume_after_a_kill_continues_the_same_run(tmp_path):
     for a, b in zip(full, resumed):
         assert a["reward/mean"] == b["reward/mean"]
         assert a["loss/policy"] == pytest.approx(b["loss/policy"], rel=1e-5, abs=1e-7)
+
+
+def test_held_out_evals_leave_the_training_run_unchanged(tmp_path):
+    """Greedy evals draw no random numbers and every rollout seeds its own sampler: a run
+    evaluated at every step trains exactly as one evaluated only at the end."""
+    keys = ("reward/mean", "loss/policy", "grad_norm", "entropy/mean", "response_length/mean")
+    rare = _run(_cfg(tmp_path / "rare", steps=3, eval_every=0))
+    often = _run(_cfg(tmp_path / "often", steps=3, eval_every=1))
+    assert [r["step"] for r in often if "acc/echolab/pass@1" in r] == [0, 1, 2, 3]
+    assert [r["step"] for r in rare if "acc/echolab/pass@1" in r] == [3]
+    train_rows = [r for r in often if r["step"] > 0]
+    assert [{k: r[k] for k in keys} for r in rare] == [{k: r[k] for k in keys} for r in train_rows]
 
 
 def test_periodic_eval_starts_at_step_0_and_a_rerun_before_any_checkpoint_starts_clean(tmp_path):

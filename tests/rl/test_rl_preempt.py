@@ -17,6 +17,7 @@ from echo_nemo.metrics import read_metrics
 from echo_nemo.preempt import EXIT_REQUEUE
 from echo_nemo.rl.config import RLConfig
 from echo_nemo.rl.run import open_run
+from echo_nemo.schedule import log_spaced_steps
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = "recipes/rl/grpo_echolab_tiny.yaml"
@@ -44,7 +45,7 @@ def test_rl_sigterm_saves_exits_75_and_the_rerun_continues_exactly(tmp_path):
     assert p.wait(timeout=600) == 0, (tmp_path / "full.log").read_text()[-3000:]
     # the log-spaced ones (kept forever; 1 and 8 of 8) are all that is left at the end:
     # the periodic 3 and 6 went as newer ones came (keep_last=1)
-    log_spaced = C.log_spaced_steps(STEPS, 3)
+    log_spaced = log_spaced_steps(STEPS, 3)
     assert [s for s, _ in C.complete_checkpoints(full)] == log_spaced == [1, 8]
     assert all(C.read_meta(p)["keep"] for _, p in C.complete_checkpoints(full))
 
@@ -97,10 +98,10 @@ def test_rl_hint_names_eval_limit_when_the_eval_is_large(tmp_path):
     cfg.data.eval = "gsm8k_test"
     kw = dict(reward_fn=starts_with_reward("a"), problems=[Prompt("q", "1")], tokenizer=CharTokenizer())
     with open_run(cfg, eval_problems=[Prompt(f"q{i}", "1") for i in range(1319)], **kw) as run:
-        hint = run.eval_hint()
+        hint = run.evaluator.hint()
     assert "1319" in hint and "1024" in hint and "data.eval_limit" in hint
     with open_run(cfg, eval_problems=[Prompt(f"q{i}", "1") for i in range(8)], **kw) as run:
-        assert run.eval_hint() is None
+        assert run.evaluator.hint() is None
 
 
 @pytest.mark.parametrize("bad", ["checkpoint.every=-1", "checkpoint.keep_last=0"])

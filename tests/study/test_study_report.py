@@ -10,8 +10,8 @@ from pathlib import Path
 from study_helpers import write_eval_over_steps, write_eval_results, write_rl_run, write_study
 
 from echo_nemo.report.plots import BAND_ALPHA, level_color
-from echo_nemo.report.study import build_study_report
 from echo_nemo.study.plan import load_study, plan_study, write_plan
+from echo_nemo.study.report import build_study_report
 
 # (winner, speed) of each finding's levels: the speed sets how fast and how far the winner
 # takes over (a slower one keeps more minority share)
@@ -105,5 +105,11 @@ def test_study_report_with_unfinished_runs_and_bad_folder(tmp_path, cli):
     assert v["runs"] == "1/2" and v["seeds"] == 1 and "1/1 seeds" in v["measured"]
     assert "1 of 2 RL runs finished" in index.read_text()
 
-    res = cli("report", "--study", str(tmp_path))
+    res = cli("study", str(tmp_path), "--report-only")  # a folder that is not a study's
     assert res.returncode == 2 and "plan.json" in res.stderr and "Traceback" not in res.stderr
+    res = cli("report", str(plan.study_dir))
+    assert res.returncode == 2 and "--report-only" in res.stderr and "Traceback" not in res.stderr
+    (plan.study_dir / "report" / "index.html").unlink()
+    res = cli("study", str(plan.study_dir), "--report-only")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "1 of 2 RL runs finished" in (plan.study_dir / "report" / "index.html").read_text()
