@@ -51,7 +51,8 @@ def _train_and_save(run_dir: str) -> None:
     """A debug model trained until it answers each TAUGHT prompt with its response."""
     from echo_nemo import distributed as D
     from echo_nemo.checkpoint import save_checkpoint
-    from echo_nemo.model.build import ModelConfig, build_gpt, causal_forward
+    from echo_nemo.model.build import ModelConfig, build_gpt
+    from echo_nemo.model.forward import causal_forward
     from echo_nemo.tokenizer import load_tokenizer
 
     D.init_distributed(tp=1, seed=5)
