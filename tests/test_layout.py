@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"model"},
     {"reward"},
     {"data", "tokenizer", "checkpoint"},
-    {"train", "rl", "eval", "export", "optim"},
+    {"train", "rl", "eval", "export", "optim", "integrations"},  # integrations: other frameworks' hooks
     {"report"},
     {"cli", "config_cli"},
     {"launch"},

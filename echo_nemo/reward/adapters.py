@@ -1,10 +1,10 @@
 """The reward in each RL framework's own calling convention, all through the sandboxed `score()`.
 
-This file is also meant to be loaded by path (OpenRLHF's ``--remote_rm_url reward.py``,
-verl's ``custom_reward_function.path``), so it uses absolute imports only. Print its path
+This file is also meant to be loaded by path (OpenRLHF's ``--reward.remote_url reward.py``,
+verl's ``reward.custom_reward_function.path``), so it uses absolute imports only. Print its path
 with ``python -m echo_nemo.reward.adapters``.
 
-- OpenRLHF: ``reward_func(queries, prompts, labels)`` -> ``{"rewards", "scores",
+- OpenRLHF: ``reward_func(queries, prompts, labels, **kwargs)`` -> ``{"rewards", "scores",
   "extra_logs"}`` (torch tensors when torch is importable).
 - verl: ``compute_score(data_source, solution_str, ground_truth, extra_info=None)`` -> float.
 - TRL: ``trl_reward(prompts, completions, **columns)`` -> list[float], the ground truth read
@@ -55,6 +55,13 @@ def _score(completions: list[str], truths: Sequence[object]) -> list[Score]:
     return score(completions, truths)
 
 
+def score_responses(responses: list[str | None], truths: Sequence[object]) -> list[Score]:
+    """Scores of bare responses (no prompt in front): special-token strings removed first;
+    a None response (e.g. a tool-call message without text) is graded as empty text."""
+    tokens = _special_tokens()
+    return _score([strip_special_tokens(r or "", tokens) for r in responses], list(truths))
+
+
 def score_located(responses: list[str | None], truths: Sequence[object]) -> list[Score]:
     """Scores of located responses; None (no response found) scores 0 with an error."""
     found = [i for i, r in enumerate(responses) if r is not None]
@@ -76,12 +83,14 @@ def reward_payload(scores: list[Score], hows: list[str]) -> dict:
 
 
 # ----------------------------------------------------------------------------- OpenRLHF
-def reward_func(queries: list[str], prompts: list[str], labels: list) -> dict:
-    """OpenRLHF's reward-file function (``--remote_rm_url path/to/this/file.py``).
+def reward_func(queries: list[str], prompts: list[str], labels: list, **kwargs: object) -> dict:
+    """OpenRLHF's reward-file function (``--reward.remote_url path/to/this/file.py`` from
+    openrlhf 0.10.2 on, ``--remote_rm_url`` before).
 
     Its SingleTurnAgentExecutor (openrlhf/utils/agent.py) calls it per sample from a thread
     with ``[decode(prompt + response, skip_special_tokens=False)], [prompt], [label]`` and
-    reads ``rewards``, ``scores`` and ``extra_logs`` from the dict returned.
+    reads ``rewards``, ``scores`` and ``extra_logs`` from the dict returned. Keyword
+    arguments a caller adds are accepted and not needed.
     """
     responses, hows = split_queries(list(queries), list(prompts), _special_tokens())
     payload = reward_payload(score_located(responses, list(labels)), hows)
@@ -104,13 +113,14 @@ def compute_score(
     extra_info: dict | None = None,
     **_: object,
 ) -> float:
-    """verl's custom reward function (``custom_reward_function.name=compute_score``).
+    """verl's custom reward function (``reward.custom_reward_function.name=compute_score``).
 
-    verl's reward manager (verl/workers/reward_manager/naive.py) calls it per sample with
+    verl's naive reward manager (verl/experimental/reward_loop/reward_manager/naive.py in
+    verl 0.9) calls it per sample with
     keyword arguments; ``solution_str`` is the decoded response, ``ground_truth`` the
     dataset's ``reward_model.ground_truth``. `data_source` and `extra_info` are not needed.
     """
-    (result,) = _score([strip_special_tokens(solution_str, _special_tokens())], [ground_truth])
+    (result,) = score_responses([solution_str], [ground_truth])
     return result.reward
 
 
@@ -168,5 +178,5 @@ def make_trl_reward(column: str | None = None) -> Callable[..., list[float]]:
 trl_reward = make_trl_reward()
 
 
-if __name__ == "__main__":  # print this file's path, for --remote_rm_url / custom_reward_function.path
+if __name__ == "__main__":  # print this file's path, for --reward.remote_url / custom_reward_function.path
     print(os.path.abspath(__file__))

@@ -1,25 +1,27 @@
 """Replays of each RL framework's exact reward call, against the real server or the adapter file.
 
-The call shapes are read from the frameworks' current source (none of them installs here):
+The call shapes are read from the frameworks' current source; tests/interop/ also runs
+OpenRLHF's, verl's and TRL's own code against these adapters where they are installed:
 - OpenRLHF, openrlhf/utils/agent.py, SingleTurnAgentExecutor: ``query =
   hf_tokenizer.decode(prompt_ids + action_ids, skip_special_tokens=False)``; over HTTP
   (`_fetch_rewards_via_http`) one aiohttp POST per sample of ``{"query": [query],
   "prompts": [prompt], "labels": [label]}``, 180 s timeout, 5 tries, reading
-  ``rewards``/``scores``/``extra_logs``; with a ``.py`` remote_rm_url it loads the file with
+  ``rewards``/``scores``/``extra_logs``; with a ``.py`` reward URL it loads the file with
   ``importlib.util.spec_from_file_location("reward_func", path)`` and calls
   ``reward_func([query], [prompt], [label])`` through ``asyncio.to_thread``
   (`_fetch_rewards_via_func`). The batched form (the study's fork, remote_rm_utils.py)
   posts whole lists and reads ``response["rewards"]``.
-- verl, verl/workers/reward_manager/naive.py: ``compute_score(data_source=...,
+- verl, verl/experimental/reward_loop/reward_manager/naive.py (0.9): ``compute_score(data_source=...,
   solution_str=..., ground_truth=..., extra_info=...)`` per sample, the function loaded
-  from ``custom_reward_function.path`` by file location; a dict result's "score" is used.
+  from ``reward.custom_reward_function.path`` by file location; a dict result's "score" is used.
 - TRL, trl/trainer/grpo_trainer.py, ``_calculate_rewards``: ``reward_func(prompts=...,
   completions=..., completion_ids=..., **columns, trainer_state=...)`` where columns are
   the dataset's other columns as lists; conversational completions are lists of
   ``{"role": "assistant", "content": ...}``.
 - slime, slime/rollout/rm_hub/__init__.py, ``remote_rm``: POST ``{"prompt":
   sample.prompt, "response": sample.response, "label": sample.label}`` to ``--rm-url``;
-  the JSON reply is the reward as it is.
+  the JSON reply is the reward as it is. The label is the dataset column named by
+  ``--label-key``; without that flag it is null.
 """
 
 from __future__ import annotations
@@ -165,6 +167,9 @@ def test_openrlhf_reward_file(hf_tok, tokenizer_dir, monkeypatch) -> None:
     assert all(isinstance(i["rewards"], torch.Tensor) and i["rewards"].shape == (1,) for i in infos)
     assert float(infos[0]["extra_logs"]["format_tinygsm"][0]) == 1.0
     assert all(float(i["extra_logs"]["response_prefix"][0]) == 1.0 for i in infos)
+    # keyword arguments a caller adds are accepted
+    query = openrlhf_query(hf_tok, PROMPT, FORMATS["text"].format(v=42))
+    assert float(reward_func([query], [PROMPT], ["42"], step=3, metadata=None)["rewards"][0]) == 1.0
 
 
 def test_verl_compute_score() -> None:
@@ -200,6 +205,10 @@ def test_slime_remote_rm_request(url) -> None:
                                                  "label": "42"}, timeout=120)  # fmt: skip
             r.raise_for_status()
             assert r.json() == want, (fmt, prompt)
+    # slime without --label-key posts "label": null: the reply is a 0, not a failed request
+    right = FORMATS["text"].format(v=42)
+    r = httpx.post(url + "/reward", json={"prompt": PROMPT, "response": right, "label": None}, timeout=120)
+    assert r.status_code == 200 and r.json() == 0.0
     bad = httpx.post(url + "/reward", json={"prompt": PROMPT, "label": "42"})
     assert bad.status_code == 422 and "response" in bad.json()["detail"]
 
