@@ -4,7 +4,7 @@
 #
 #   bash tests/interop/run_interop.sh [openrlhf|verl|bridge|all] [--no-install]
 #
-# ECHO_NEMO_INTEROP_VENVS (default /work/venvs) holds the venvs; PYTHON (default python3.11)
+# ECHO_NEMO_INTEROP_VENVS (default .interop-venvs in the checkout) holds the venvs; PYTHON (default python3.11)
 # makes them. --no-install reuses venvs already built. Each install and test run is timed.
 #
 # - openrlhf 0.11.2: its requirements, as its wheel's metadata lists them, go through pip's
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-VENVS="${ECHO_NEMO_INTEROP_VENVS:-/work/venvs}"
+VENVS="${ECHO_NEMO_INTEROP_VENVS:-$REPO/.interop-venvs}"
 PYTHON="${PYTHON:-python3.11}"
 WHICH="${1:-all}"
 INSTALL=1

@@ -5,12 +5,12 @@
 #
 #   bash tests/interop/run_trl.sh [--no-install] [pytest args ...]
 #
-# ECHO_NEMO_INTEROP_VENVS (default /work/venvs) holds the venv (`trl`); PYTHON (default
+# ECHO_NEMO_INTEROP_VENVS (default .interop-venvs in the checkout) holds the venv (`trl`); PYTHON (default
 # python3) makes it. --no-install reuses a venv already built. Install and test are timed.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-VENV="${ECHO_NEMO_INTEROP_VENVS:-/work/venvs}/trl"
+VENV="${ECHO_NEMO_INTEROP_VENVS:-$REPO/.interop-venvs}/trl"
 PYTHON="${PYTHON:-python3}"
 
 if [[ "${1:-}" == "--no-install" ]]; then
