@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -159,23 +160,38 @@ def test_model_code_never_sees_an_answer(attack_pool) -> None:
             assert (s.answer, s.error) == ("0", None), (program, s)
 
 
+def _search_in_a_fresh_interpreter(imports: bool, env: dict | None = None) -> str:
+    """Run the search in its own interpreter, with a truth in a caller's frame, and return
+    what it found. Never in this process: the search reads every open descriptor, and
+    pytest-xdist's channel to its controller is one of them."""
+    program = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from answer_search import tinygsm_search, token\n"
+        "ns = {}\n"
+        f"exec(tinygsm_search({imports}), ns)\n"
+        "def caller():\n"
+        "    truth = token(99)  # noqa: F841 (found through the frame)\n"
+        "    return ns['simple_math_problem']()\n"
+        "def caller_without_truth():\n"
+        "    return ns['simple_math_problem']()\n"
+        f"print(caller_without_truth() if {env is not None} else caller())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **(env or {})})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_the_search_finds_a_truth_within_reach() -> None:
     """Control: the same programs, run where a truth sits in a caller's frame, find it."""
     for imports in (False, True):
-        ns: dict = {}
-        exec(tinygsm_search(imports), ns)
-        truth = token(99)  # noqa: F841 (found through the frame)
-        assert ns["simple_math_problem"]() == token(99)
+        assert _search_in_a_fresh_interpreter(imports) == token(99)
 
 
 def test_the_search_finds_a_truth_beyond_its_frames() -> None:
-    ns: dict = {}
-    exec(tinygsm_search(True), ns)
-    os.environ["ECHO_NEMO_TEST_TRUTH"] = token(98)  # beyond the frames: found in the environment
-    try:
-        assert ns["simple_math_problem"]() == token(98)
-    finally:
-        del os.environ["ECHO_NEMO_TEST_TRUTH"]
+    """Control: a truth only in the environment is found too."""
+    assert _search_in_a_fresh_interpreter(True, env={"ECHO_NEMO_TEST_TRUTH": token(98)}) == token(98)
 
 
 @pytest.mark.parametrize("name", ["sleep_past_limit", "infinite_loop", "signal_handlers"])
