@@ -229,10 +229,8 @@ def _server_pids(url: str) -> list[int]:
     return []
 
 
-def sandbox_figures(completions: list[str], truths: list[str], workers: int, clients: int,
-                    group: int) -> dict:  # fmt: skip
-    """score() direct and the batched server: completions/s and CPU ms per completion."""
-    n = len(completions)
+def _score_direct(completions: list[str], truths: list[str], workers: int) -> tuple[list[float], float, float]:
+    """score() on a fresh pool: the rewards, wall seconds and CPU seconds (caller + workers)."""
     pool = WorkerPool(workers, Limits(wall_s=TIMEOUT_S, cpu_s=TIMEOUT_S))
     pool.wait_ready()
     pids = [os.getpid(), *(w.proc.pid for w in pool.workers if w is not None)]
@@ -240,6 +238,14 @@ def sandbox_figures(completions: list[str], truths: list[str], workers: int, cli
     direct = [s.reward for s in score(completions, truths, pool=pool)]
     direct_s, direct_cpu = time.perf_counter() - t0, _cpu_s(pids) - c0
     pool.close()
+    return direct, direct_s, direct_cpu
+
+
+def sandbox_figures(completions: list[str], truths: list[str], workers: int, clients: int,
+                    group: int) -> dict:  # fmt: skip
+    """score() direct and the batched server: completions/s and CPU ms per completion."""
+    n = len(completions)
+    direct, direct_s, direct_cpu = _score_direct(completions, truths, workers)
     with local_reward_server(workers=workers, timeout_s=TIMEOUT_S) as url:
         pids = _server_pids(url)
         c0 = _cpu_s(pids)
@@ -299,13 +305,7 @@ def full_report(args: argparse.Namespace, completions: list[str], truths: list[s
     base_s, base_cpu = time.perf_counter() - t0, _cpu_s([os.getpid()]) - c0
     base_rate = len(completions) / base_s
 
-    pool = WorkerPool(args.workers, Limits(wall_s=TIMEOUT_S, cpu_s=TIMEOUT_S))
-    pool.wait_ready()
-    pids = [os.getpid(), *(w.proc.pid for w in pool.workers if w is not None)]
-    t0, c0 = time.perf_counter(), _cpu_s(pids)
-    direct = [s.reward for s in score(completions, truths, pool=pool)]
-    direct_s, direct_cpu = time.perf_counter() - t0, _cpu_s(pids) - c0
-    pool.close()
+    direct, direct_s, direct_cpu = _score_direct(completions, truths, args.workers)
 
     levels = [int(x) for x in args.levels.split(",")]
     single: dict[int, tuple] = {}
