@@ -11,7 +11,7 @@ format shares and accuracy before and after RL. Budgets:
 - full: the effect: 1000 pretraining steps, 50 GRPO steps (16 prompts x 8 samples; the
   held-out set evaluated greedily at steps 0, 10, ..., 50, for the report's curves) and two
   evaluations; about 9 min on 2 cores that pretrain at ~15,000 tokens/s, 10-11 at
-  ~10,000-12,500, up to 20 on a slow machine at ~6,000 (README: measured per seed).
+  ~10,000-12,500, up to 20 on a slow machine at ~6,000 (docs/performance.md).
 - smoke: the same pipeline at plumbing size for CI (under a minute); it shows no effect.
 
 Running again with the same --out continues: the data build skips an up-to-date

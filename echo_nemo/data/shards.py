@@ -7,7 +7,7 @@
   each goes whole into the fullest row it fits (best-fit decreasing) and the rest of a row
   is EOS padding, which the training loss skips. Cutting a ~120-token echo-lab document
   puts its solution at the start of the next row without its question, and the model
-  learns to write numbers it cannot have read (README: measured).
+  learns to write numbers it cannot have read (measured: CHANGELOG.md, packing).
 
 Each ``shard-NNNNN.tar`` is written to a temporary name first and renamed when complete,
 so a shard that exists is whole.

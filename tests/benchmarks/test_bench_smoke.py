@@ -1,7 +1,7 @@
 """The generation, pretraining and attention benchmarks run end to end in a smoke mode (debug sizes).
 
-They print figures next to a same-run baseline; timings are never asserted here (the
-README's come from full runs on an idle machine). What is checked: the run exits 0, the
+They print figures next to a same-run baseline; timings are never asserted here (the figures
+in docs/performance.md come from full runs on an idle machine). What is checked: the run exits 0, the
 megatron model and its HF copy agree before anything is timed, and every figure printed is
 a positive number.
 """
