@@ -20,13 +20,13 @@ A format whose corpus has no fixed opening (the default `text` format begins wit
 first step) is forced by `TEXT_OPENING`, the fair corpus's text opening: on a model
 pretrained on the default corpus, `in_format` shows how far that forcing took.
 
-Run: `python -m echo_nemo.study.calibrate CHECKPOINT [k=v ...] [--out DIR]` writes
-calibration.json, calibration.md and samples.jsonl into DIR (default: CHECKPOINT/calibration).
+Run: `echo-nemo calibrate CHECKPOINT [k=v ...] [--out DIR]` (or `python -m
+echo_nemo.study.calibrate`, the same) writes calibration.json, calibration.md and
+samples.jsonl into DIR (default: CHECKPOINT/calibration).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,10 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echo_nemo.config import load_recipe
 from echo_nemo.data.echolab_fair import TEXT_OPENING
 from echo_nemo.data.sources import BENCHMARKS, load_problems
-from echo_nemo.errors import EXIT_BAD_INPUT, UserError
+from echo_nemo.errors import UserError
 from echo_nemo.reward import score
 from echo_nemo.reward.formats import FORMATS
 
@@ -199,19 +198,10 @@ def run_calibration(checkpoint: str, cfg: CalibrateConfig, out: str | os.PathLik
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m echo_nemo.study.calibrate", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a checkpoint dir or a run dir (its latest checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="k=v", help="CalibrateConfig overrides, e.g. limit=100")
-    p.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/calibration)")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_recipe(CalibrateConfig, None, args.overrides)
-        cal = run_calibration(args.checkpoint, cfg, args.out)
-    except UserError as e:
-        print(f"calibrate: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(cal.table())
-    return 0
+    """`python -m echo_nemo.study.calibrate`: the `echo-nemo calibrate` command (exit 2 on bad input)."""
+    from echo_nemo.cli import main as cli_main  # the CLI's error handling and CPU set-up
+
+    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
