@@ -114,6 +114,7 @@ expectations:
     expectation: PPO ends more accurate than GRPO
     quantity: acc_final
     contrast: [grpo, ppo]
+    effect: 0.05
     preconditions:
       - {quantity: acc_before/min, op: ">=", value: 0.10, text: every level at least 10% before RL}
 """
@@ -143,8 +144,9 @@ def write_rl_run(run_dir: Path, winner: str, speed: float, seed: int, steps: int
             for f in others:
                 row[f"format/{f}/share"] = (1 - w) / 2
                 row[f"format/{f}/acc"] = 0.4
-            if step % 5 == 0:
+            if step % 5 == 0:  # the held-out greedy eval: accuracy and the greedy shares
                 row["acc/echolab/pass@1"] = 0.3 + 0.5 * w
+                row.update({f"eval/{k}": v for k, v in row.items() if k.endswith("/share")})
             log.log(step, row)
 
 
