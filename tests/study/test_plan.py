@@ -344,3 +344,24 @@ def test_a_runs_thread_count_depends_on_the_pool_not_on_timing_unless_cores_are_
     assert runs_side_by_side(1, 0, 3, False) == 0 and runs_side_by_side(1, 0, 3, True) == 0  # alone: its own setting
     # share_cores: a run starting alone at a stage's end gets every core
     assert [runs_side_by_side(2, running, queued, True) for running, queued in ((0, 5), (1, 0), (0, 0))] == [2, 2, 1]
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("finding: f1\n    claim: one", "finding: f9\n    claim: one", "finding 'f9' is not in the study"),
+    ("contrast: [1x, 4x]", "contrast: [1x, 16x]", "contrast names ['16x'], not levels of f3"),
+    ("quantity: top_share_final", "quantity: top_share_finale", "quantity 'top_share_finale' is not one the report"),
+    ("eval: hard", "eval: harder", "reads eval 'harder', which finding f5 does not have"),
+    ("eval: steps", "eval: final", "passk_late_drop reads an eval over steps; eval 'final' is not one"),
+    ("design/checkpoints", "design/checkpoint", "precondition on 'design/checkpoint', which the study does not"),
+])
+def test_expectations_that_do_not_fit_the_study_exit_2_before_anything_runs(tmp_path, cli, old, new, needle):
+    from study_helpers import EXPECTATIONS
+
+    assert old in EXPECTATIONS
+    recipe = write_study(tmp_path, expectations=EXPECTATIONS.replace(old, new, 1))
+    res = cli("study", str(recipe), "--dry-run", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "o").exists()
+    missing = STUDY.replace("expectations: EXPECTATIONS", "expectations: nowhere.yaml")
+    with pytest.raises(UserError, match="expectations file 'nowhere.yaml' not found"):
+        load_study(write_study(tmp_path, missing))
