@@ -7,7 +7,8 @@ any other before anything runs):
                        the finding's first level, the mean over its pretraining seeds
                        (e.g. calibration/gap_top2: the two most accurate formats' gap)
     acc_before/min     min over the finding's levels of the pretrained model's final-eval
-                       pass@1 (each level: the mean over its pretraining seeds)
+                       pass@1 on its first benchmark (each level: the mean over its
+                       pretraining seeds)
     acc_before/hard    the pretrained models' pass@1 on the eval the expectation reads (its
                        `eval` label and benchmark), the mean over levels and pretraining seeds
     design/<name>      the design itself, from the runs' resolved configs (DESIGN below):
@@ -88,8 +89,18 @@ class FindingView:
     def members(self) -> list[dict[str, Any]]:
         return self.finding["members"]
 
+    def eval_bench(self, label: str) -> str:
+        """The first benchmark of the finding's eval `label` (its resolved config); the
+        finding's benchmark when no run of it is planned."""
+        keys = [m["evals"][label] for m in self.members if label in m["evals"]]
+        return self.config(keys[0]).benchmarks[0] if keys else self.finding["benchmark"]
+
     def bench(self, e: Expectation) -> str:
-        return e.benchmark or self.finding["benchmark"]
+        """The benchmark an expectation reads: its own, else the eval's it reads, else (a
+        quantity of the RL rows) the finding's held-out benchmark."""
+        if e.benchmark:
+            return e.benchmark
+        return self.finding["benchmark"] if QUANTITIES[e.quantity][0] == "rows" else self.eval_bench(e.eval)
 
     def config(self, key: str) -> Any:
         if key not in self._configs:
@@ -241,7 +252,7 @@ def _before(v: FindingView, level: str, label: str, bench: str) -> float | None:
 
 def _acc_before(v: FindingView, e: Expectation, which: str) -> float | None:
     if which == "acc_before/min":
-        accs = [_before(v, lv, FINAL, v.finding["benchmark"]) for lv in v.finding["levels"]]
+        accs = [_before(v, lv, FINAL, v.eval_bench(FINAL)) for lv in v.finding["levels"]]
         return None if not accs or None in accs else min(accs)
     return _mean([_before(v, lv, e.eval, v.bench(e)) for lv in v.finding["levels"]])
 

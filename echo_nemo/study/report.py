@@ -276,7 +276,7 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
         rows = [verdict_row(fid, f, ev, seeds, wall) for ev, _ in evaluated]
         verdicts += rows
         html_sections.append(_section_html(fid, f, rows, [c for _, c in evaluated], len(records),
-                                           level_table(records, f["levels"], f["benchmark"]),
+                                           level_table(records, f["levels"], view.eval_bench(FINAL)),
                                            finding_figures(fid, f, records, out)))
         md_sections.append((fid, f, rows, wall))
     title = f"echo-nemo study {plan['name']} ({plan['budget']})"

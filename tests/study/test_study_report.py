@@ -10,7 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
-from study_helpers import mark_done, write_eval_over_steps, write_eval_results, write_rl_run, write_study
+from study_helpers import (
+    mark_done,
+    write_eval_over_steps,
+    write_eval_results,
+    write_rl_run,
+    write_study,
+)
 
 from echo_nemo.report.plots import BAND_ALPHA, level_color
 from echo_nemo.study.context import FindingView, context
