@@ -50,7 +50,8 @@ def prompt_set_size(name: str, limit: int | None) -> int:
     return len(load_problems(name, limit=limit))
 
 
-def _results(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A run's JSON output (results.json, calibration.json, manifest.json); None if not written yet."""
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except json.JSONDecodeError as e:
@@ -139,7 +140,7 @@ def _evals_per_run(v: FindingView, e: Expectation) -> float | None:
 
 
 def _vocab(v: FindingView, pretrain_key: str) -> int | None:
-    manifest = _results(v.study_dir / v.data_key(pretrain_key) / "manifest.json")
+    manifest = read_json(v.study_dir / v.data_key(pretrain_key) / "manifest.json")
     return padded_vocab_size(manifest["vocab_size"]) if manifest else None
 
 
@@ -164,7 +165,7 @@ def _code_ratios(v: FindingView) -> list[float] | None:
     """Per level: code tokens of its data build over the first level's."""
     tokens = []
     for level in v.finding["levels"]:
-        manifest = _results(v.study_dir / v.data_key(v.level_members(level)[0]["pretrain"]) / "manifest.json")
+        manifest = read_json(v.study_dir / v.data_key(v.level_members(level)[0]["pretrain"]) / "manifest.json")
         if manifest is None:
             return None
         tokens.append(code_tokens(manifest))
@@ -240,14 +241,14 @@ def _calibration(v: FindingView, key: str) -> float | None:
     """Mean over pretraining seeds of the first level's calibration context[key]."""
     first = v.level_members(v.finding["levels"][0])
     cals = dict.fromkeys(m["calibration"] for m in first if m.get("calibration"))
-    return _mean([((_results(v.study_dir / c / "calibration.json") or {}).get("context") or {}).get(key)
+    return _mean([((read_json(v.study_dir / c / "calibration.json") or {}).get("context") or {}).get(key)
                   for c in cals])
 
 
 def _before(v: FindingView, level: str, label: str, bench: str) -> float | None:
     """Mean over the level's pretraining seeds of its pretrained model's pass@1 on eval `label`."""
     keys = dict.fromkeys(m["before"][label] for m in v.level_members(level) if label in m["before"])
-    return _mean([pass1(_results(v.study_dir / k / "results.json"), bench) for k in keys])
+    return _mean([pass1(read_json(v.study_dir / k / "results.json"), bench) for k in keys])
 
 
 def _acc_before(v: FindingView, e: Expectation, which: str) -> float | None:

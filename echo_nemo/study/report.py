@@ -37,7 +37,7 @@ from echo_nemo.metrics import read_metrics
 from echo_nemo.report import plots
 from echo_nemo.report.html import figure_html, table_html, write_page
 from echo_nemo.study.config import FINAL
-from echo_nemo.study.context import FindingView, context, pass1, prompt_set_size
+from echo_nemo.study.context import FindingView, context, pass1, prompt_set_size, read_json
 from echo_nemo.study.expectations import (
     Evaluated,
     Expectation,
@@ -60,16 +60,6 @@ def load_plan(study_dir: Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r} is not valid JSON: {e}") from None
 
 
-def _results(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{str(path)!r} is not valid JSON (expected the output of `echo-nemo eval`): {e}") from None
-
-
 def study_expectations(study_dir: Path, plan: dict[str, Any]) -> dict[str, Expectation]:
     """The expectations the study ran with (its copy in the study folder); none if it has none."""
     name = plan.get("expectations")
@@ -90,10 +80,10 @@ def collect_records(view: FindingView) -> list[RunRecord]:
         for label, key in m["evals"].items():
             if "--all-steps" in view.runs[key]["argv"]:
                 rec.over_steps[label] = read_metrics(view.study_dir / key)
-            elif (res := _results(view.study_dir / key)) is not None:
+            elif (res := read_json(view.study_dir / key / "results.json")) is not None:
                 rec.after[label] = res
         for label, key in m["before"].items():
-            if (res := _results(view.study_dir / key)) is not None:
+            if (res := read_json(view.study_dir / key / "results.json")) is not None:
                 rec.before[label] = res
         records.append(rec)
     return records
