@@ -66,17 +66,22 @@ def study_expectations(study_dir: Path, plan: dict[str, Any]) -> dict[str, Expec
     return load_expectations(study_dir / name) if name else {}
 
 
-def collect_records(view: FindingView) -> list[RunRecord]:
-    """Every finished RL run of the finding (rows logged) with its evals' results."""
+EPOCH_QUANTITIES = ("collapse_epoch", "gain_window_distance")  # they need the RL prompt set's size
+
+
+def collect_records(view: FindingView, epochs: bool = False) -> list[RunRecord]:
+    """Every finished RL run of the finding (rows logged) with its evals' results; with
+    `epochs`, the RL prompt set's size and prompts per step (loading the set)."""
     records = []
     for m in view.members:
         rows = read_metrics(view.study_dir / m["rl"])
         if not rows:
             continue
-        c = view.config(m["rl"])
-        rec = RunRecord(m["level"], m.get("pretrain_seed", 0), m["seed"], rows, bench=view.finding["benchmark"],
-                        prompts_per_step=c.rollout.prompts_per_step,
-                        set_size=prompt_set_size(c.data.train, c.data.train_limit))
+        rec = RunRecord(m["level"], m.get("pretrain_seed", 0), m["seed"], rows, bench=view.finding["benchmark"])
+        if epochs:
+            c = view.config(m["rl"])
+            rec.prompts_per_step = c.rollout.prompts_per_step
+            rec.set_size = prompt_set_size(c.data.train, c.data.train_limit)
         for label, key in m["evals"].items():
             if "--all-steps" in view.runs[key]["argv"]:
                 rec.over_steps[label] = read_metrics(view.study_dir / key)
@@ -256,7 +261,8 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
     verdicts, html_sections, md_sections = [], [], []
     for fid, f in plan["findings"].items():
         view = FindingView(study_dir, plan, fid)
-        records = collect_records(view)
+        records = collect_records(view, any(e.finding == fid and e.quantity in EPOCH_QUANTITIES
+                                            for e in expectations.values()))
         if fid not in plan.get("selected", plan["findings"]) and not records:
             continue  # neither asked for this time nor run before (e.g. by an earlier --only)
         seconds, timed, total = wall_time(view)
