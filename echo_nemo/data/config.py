@@ -28,6 +28,9 @@ class EchoLabConfig:
     num_background: int = 5000  # documents of the echo_fm3 prose source
     min_steps: int = 1  # difficulty: reasoning steps per problem, within 1..5
     max_steps: int = 3
+    # relative share of each step count min_steps..max_steps (None: equal); e.g. [1, 1, 0.25]
+    # makes 3-step problems rare (echolab.step_schedule)
+    step_weights: list[float] | None = None
     max_number: int = 20  # largest number stated in a question (small = learnable by a tiny model)
     # Share of tinygsm documents whose code misquotes one number of the question (so its
     # answer is wrong). TinyGSM's solutions were never checked against an answer, while
@@ -47,6 +50,11 @@ class EchoLabConfig:
                 f"{where}: need 1 <= min_steps <= max_steps <= 5, got min_steps={self.min_steps}, "
                 f"max_steps={self.max_steps}"
             )
+        span = self.max_steps - self.min_steps + 1
+        if self.step_weights is not None and (len(self.step_weights) != span or min(self.step_weights) < 0
+                                              or sum(self.step_weights) <= 0):
+            raise UserError(f"{where}.step_weights needs {span} non-negative weights (one per step count "
+                            f"{self.min_steps}..{self.max_steps}) with a positive sum, got {self.step_weights}")
         if self.max_number < 5:
             raise UserError(f"{where}.max_number must be >= 5, got {self.max_number}")
         if not 0.0 <= self.tinygsm_misquote <= 1.0:

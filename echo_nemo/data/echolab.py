@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from echo_nemo.data.echolab_program import TEMPLATES, Ctx, Q, Reject, Solution, python_repr
@@ -154,11 +154,13 @@ def generate(
     min_steps: int = 1,
     max_steps: int = 3,
     max_number: int = 20,
+    step_weights: Sequence[float] | None = None,
 ) -> Iterator[EchoProblem]:
     """`n` problems of `split`, deterministic in all arguments.
 
-    Step counts cycle over [min_steps, max_steps] so every difficulty gets an equal
-    share; the split's rng stream is separate from the other split's (seed, split).
+    Step counts follow `step_schedule` (without weights they cycle over [min_steps,
+    max_steps], every difficulty an equal share); the split's rng stream is separate from
+    the other split's (seed, split).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -167,9 +169,32 @@ def generate(
     if max_number < 5:
         raise ValueError(f"max_number must be >= 5, got {max_number}")
     rng = random.Random(f"echolab/{seed}/{split}")
+    for steps in step_schedule(n, min_steps, max_steps, step_weights):
+        yield generate_one(rng, steps, max_number, split)
+
+
+def step_schedule(n: int, min_steps: int, max_steps: int, weights: Sequence[float] | None = None) -> Iterator[int]:
+    """The step count of each of `n` problems: weights w_k (one per k in [min_steps,
+    max_steps], normalised to p_k; default equal) are met as closely as any prefix allows,
+    without randomness: problem i gets
+
+        k_i = argmax_k (p_k * (i + 1) - c_k(i))     (c_k(i): problems with k steps before i;
+                                                     ties: the fewest steps)
+
+    so every prefix holds within one problem of p_k x its length of each k; equal weights
+    give the cycle min_steps, ..., max_steps, min_steps, ...
+    """
     span = max_steps - min_steps + 1
+    w = [1.0] * span if weights is None else [float(x) for x in weights]
+    if len(w) != span or any(x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"step_weights needs {span} non-negative weights (steps {min_steps}..{max_steps}) "
+                         f"with a positive sum, got {list(weights or [])}")
+    p = [x / sum(w) for x in w]
+    counts = [0] * span
     for i in range(n):
-        yield generate_one(rng, min_steps + i % span, max_number, split)
+        k = max(range(span), key=lambda j: (p[j] * (i + 1) - counts[j], -j))
+        counts[k] += 1
+        yield min_steps + k
 
 
 # ----------------------------------------------------------------------------- background prose

@@ -249,7 +249,8 @@ def documents(fmt: str, cfg: EchoLabConfig) -> Iterator[str]:
     rate = {"tinygsm": cfg.tinygsm_wrong, "llm_code": cfg.llm_code_wrong}.get(fmt, 0.0)
     by_template = wrong_templates(cfg, fmt, rate) if cfg.wrong_by == "template" and rate > 0 else None
     for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,
-                              max_steps=cfg.max_steps, max_number=cfg.max_number):
+                              max_steps=cfg.max_steps, max_number=cfg.max_number,
+                              step_weights=cfg.step_weights):
         misquote = fmt == "tinygsm" and noise.random() < cfg.tinygsm_misquote
         if by_template is not None:
             q = wrong_program(p, None) if p.template in by_template else None

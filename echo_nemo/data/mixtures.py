@@ -77,8 +77,9 @@ def source_shares(tokens: list[int]) -> list[float]:
 
 def parse_mixture_name(name: str) -> list[tuple[str, float]]:
     """The sources and repeats a paper-style name spells: 'as_fm3_tg_4xomi1' ->
-    [('as', 1), ('fm3', 1), ('tg', 1), ('omi1', 4)]; 'echo_' prefixes echo-lab sources."""
-    parts = name.split("_")
+    [('as', 1), ('fm3', 1), ('tg', 1), ('omi1', 4)]; 'echo_' prefixes echo-lab sources; a
+    '-variant' suffix names corpus settings, not sources ('echo_tg_omi1_omi2-fair')."""
+    parts = name.partition("-")[0].split("_")
     prefix = ""
     if parts and parts[0] == "echo":
         prefix, parts = "echo_", parts[1:]

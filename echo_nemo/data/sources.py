@@ -312,7 +312,8 @@ def _echolab_documents(name: str, cfg: EchoLabConfig) -> Iterator[str]:
     noise = random.Random(f"echolab-misquote/{cfg.seed}")
     # All format sources render the same problem stream, so formats differ only in solution.
     for p in echolab.generate(cfg.num_problems, seed=cfg.seed, split="train", min_steps=cfg.min_steps,
-                              max_steps=cfg.max_steps, max_number=cfg.max_number):
+                              max_steps=cfg.max_steps, max_number=cfg.max_number,
+                              step_weights=cfg.step_weights):
         wrong = fmt == "tinygsm" and noise.random() < cfg.tinygsm_misquote
         yield p.document(fmt, misquote=noise if wrong else None)
 

@@ -32,6 +32,8 @@ SCALES: dict[str, Scale] = {
     s.name: s
     for s in [
         Scale("debug", d_model=64, layers=2, heads=4, seq_length=128),
+        # the smallest size of the echo-lab scale finding (~0.5M params; tiny / mini ~2.6x)
+        Scale("mini", d_model=96, layers=3, heads=3, seq_length=256),
         Scale("tiny", d_model=128, layers=4, heads=4, seq_length=256),
         # a second CPU size for the echo-lab scale finding (~2.8M params, ECHOLAB.md timed ~6,500 tokens/s)
         Scale("small", d_model=160, layers=6, heads=5, seq_length=256),

@@ -190,3 +190,35 @@ def test_difficulty_sets_select_by_step_count():
     hard = load_problems(BENCHMARKS["echolab_hard"], limit=20)
     assert [p.answer for p in hard] == [p.answer_str for p in sets["echolab_test_hard"][:20]]
     EvalConfig(benchmarks=["echolab_hard", "echolab_medium", "echolab_easy"]).validate()
+
+
+def test_step_schedule_meets_the_weights_in_every_prefix():
+    weights = [1.0, 1.0, 0.25]
+    schedule = list(echolab.step_schedule(900, 1, 3, weights))
+    assert Counter(schedule) == {1: 400, 2: 400, 3: 100}
+    for n in range(1, 901):  # every prefix within one problem of its share
+        counts = Counter(schedule[:n])
+        for k, w in zip((1, 2, 3), weights):
+            assert abs(counts[k] - n * w / sum(weights)) <= 1.0
+    # equal (or no) weights: the plain cycle over the step counts
+    assert list(echolab.step_schedule(7, 2, 4)) == [2, 3, 4, 2, 3, 4, 2]
+    assert list(echolab.step_schedule(7, 2, 4, [3, 3, 3])) == [2, 3, 4, 2, 3, 4, 2]
+
+
+def test_step_weights_make_hard_problems_rare_and_bad_weights_are_refused():
+    from echo_nemo.data.config import EchoLabConfig, SourceSpec
+    from echo_nemo.data.sources import source_items
+    from echo_nemo.errors import UserError
+
+    weights = [1.0, 1.0, 0.25]
+    problems = list(generate(90, step_weights=weights))
+    assert Counter(p.num_steps for p in problems) == {1: 40, 2: 40, 3: 10}
+    # every format source of the corpus (default and fair renderers) follows those problems
+    for style in ("inline", "steps"):
+        cfg = EchoLabConfig(num_problems=90, step_weights=weights, text_style=style)
+        for source in ("echo_tg", "echo_omi2"):
+            docs = [item.text for item in source_items(SourceSpec(name=source), cfg)]
+            assert [d.split("\n\n")[0] for d in docs] == [p.question for p in problems]
+    for bad in ([1.0, 1.0], [1.0, -1.0, 1.0], [0.0, 0.0, 0.0]):
+        with pytest.raises(UserError, match="step_weights needs 3 non-negative weights"):
+            EchoLabConfig(step_weights=bad).validate()

@@ -39,6 +39,7 @@ def test_token_shares_follow_the_repeats():
 def test_names_spell_the_mixture():
     assert parse_mixture_name("as_fm3_tg_4xomi1") == [("as", 1), ("fm3", 1), ("tg", 1), ("omi1", 4)]
     assert parse_mixture_name("echo_2xtg_omi1_omi2") == [("echo_tg", 2), ("echo_omi1", 1), ("echo_omi2", 1)]
+    assert parse_mixture_name("echo_tg_omi1_4xomi2-fair") == [("echo_tg", 1), ("echo_omi1", 1), ("echo_omi2", 4)]
 
 
 def test_every_recipe_validates_and_matches_its_name():
