@@ -71,7 +71,10 @@ class OptimConfig:
         """(torch AdamW, LambdaLR) over `params` (a module's parameters, or a module).
 
         Plain torch AdamW: megatron's optimizer hard-codes CUDA. Weight decay applies to
-        matrices only (dim >= 2), never to norms or biases.
+        matrices only (dim >= 2), never to norms or biases. Its fused kernel updates each
+        parameter in one pass over parameter, gradient and moments (on CPU the foreach form
+        is a loop of ~8 separate elementwise passes: 0.36-0.71 s of CPU a step at 150m
+        against 0.10-0.12 fused); the two agree to float rounding.
         """
         import torch  # loaded by the trainer that builds one: reading a recipe stays light
 
@@ -84,7 +87,7 @@ class OptimConfig:
         if no_decay:
             groups.append({"params": no_decay, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=self.lr if lr is None else lr, betas=tuple(self.betas),
-                                eps=self.eps, foreach=True)
+                                eps=self.eps, fused=True)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, self.schedule(total_steps))
 
 

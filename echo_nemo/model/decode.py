@@ -16,9 +16,10 @@ current weights) with plain torch ops:
 Layout: row i's prompt ends at column `plen - 1` of the cache (the left-padding layout
 of megatron's static batching, so token t of every row is written at the same column
 and RoPE sees the same positions as before); pad columns are masked and never computed.
-Prefill packs the prompts end to end, without padding, into chunks of about
+Prefill packs the distinct prompts end to end, without padding, into chunks of about
 `PACK_TOKENS` tokens with a block-diagonal causal mask, and computes logits only at each
-prompt's last token. The products x W^T go through the `linear` a speed layer installed
+prompt's last token; a repeated prompt (a GRPO group's) is computed once and its cache
+rows copied. The products x W^T go through the `linear` a speed layer installed
 for the weights' device (echo_nemo.speed; on CPU echo_nemo.cpu.gemm), else F.linear.
 
 Tensor parallelism is megatron's own: the rank's heads and MLP columns, an all-reduce
@@ -110,40 +111,59 @@ class Decoder:
     @torch.no_grad()
     def prefill(self, prompts: list[list[int]]) -> torch.Tensor:
         """Cache every prompt's keys and values (prompt i ends at column plen - 1); returns
-        the logits after each prompt's last token, [batch, vocab]."""
+        the logits after each prompt's last token, [batch, vocab].
+
+        A prompt that occurs several times (a GRPO group's samples) is computed once, in
+        the row of its first occurrence, and its cache rows are copied to the others."""
         dev = self.valid.device
         plen = max(map(len, prompts))
+        first: dict[tuple[int, ...], int] = {}
+        source = [first.setdefault(tuple(p), i) for i, p in enumerate(prompts)]
+        unique = sorted(first.values())
         out = []
         packs, cur = [], []
-        for i, p in enumerate(prompts):
-            if cur and sum(len(prompts[j]) for j in cur) + len(p) > PACK_TOKENS:
+        for i in unique:
+            if cur and sum(len(prompts[j]) for j in cur) + len(prompts[i]) > PACK_TOKENS:
                 packs.append(cur)
                 cur = []
             cur.append(i)
         packs.append(cur)
         for pack in packs:
-            rows = torch.cat([torch.full((len(prompts[i]),), i) for i in pack]).to(dev)
-            cols = torch.cat([torch.arange(plen - len(prompts[i]), plen) for i in pack]).to(dev)
-            ids = torch.tensor([t for i in pack for t in prompts[i]], device=dev)
-            # block-diagonal causal: a token sees the earlier tokens of its own prompt
-            mask = (rows[:, None] == rows[None, :]) & (cols[:, None] >= cols[None, :])
-            cos, sin = self.cos[cols], self.sin[cols]
-
-            def attend(i, h, rows=rows, cols=cols, mask=mask, cos=cos, sin=sin):
-                q, k, v = self._qkv(h, self.layers[i][0], cos, sin)
-                self.k[i][rows, :, cols] = k[0].transpose(0, 1)
-                self.v[i][rows, :, cols] = v[0].transpose(0, 1)
-                return self._sdpa(q, k, v, mask)
-
-            x = self._embed(ids[None])
-            for i in range(len(self.layers)):
-                x = self._block(x, i, attend)
-            ends = torch.tensor([sum(len(prompts[j]) for j in pack[: n + 1]) - 1 for n in range(len(pack))])
-            out.append(self._logits(x[0, ends.to(dev)]))
-            self.valid[rows, cols] = True
+            out.append(self._prefill_pack(prompts, pack, plen))
         self.length = self.plen = plen
+        copies = [i for i, s in enumerate(source) if s != i]
+        if copies:
+            to, frm = torch.tensor(copies, device=dev), torch.tensor([source[i] for i in copies], device=dev)
+            for cache in (*self.k, *self.v):
+                cache[to, :, :plen] = cache[frm, :, :plen]
+            self.valid[to] = self.valid[frm]
         self._set_bias()
-        return torch.cat(out)
+        logits = torch.cat(out)
+        row = {i: n for n, i in enumerate(unique)}
+        return logits.index_select(0, torch.tensor([row[s] for s in source], device=logits.device))
+
+    def _prefill_pack(self, prompts: list[list[int]], pack: list[int], plen: int) -> torch.Tensor:
+        """Prefill the prompts `pack` (cache rows) packed end to end; their last logits."""
+        dev = self.valid.device
+        rows = torch.cat([torch.full((len(prompts[i]),), i) for i in pack]).to(dev)
+        cols = torch.cat([torch.arange(plen - len(prompts[i]), plen) for i in pack]).to(dev)
+        ids = torch.tensor([t for i in pack for t in prompts[i]], device=dev)
+        # block-diagonal causal: a token sees the earlier tokens of its own prompt
+        mask = (rows[:, None] == rows[None, :]) & (cols[:, None] >= cols[None, :])
+        cos, sin = self.cos[cols], self.sin[cols]
+
+        def attend(i, h):
+            q, k, v = self._qkv(h, self.layers[i][0], cos, sin)
+            self.k[i][rows, :, cols] = k[0].transpose(0, 1)
+            self.v[i][rows, :, cols] = v[0].transpose(0, 1)
+            return self._sdpa(q, k, v, mask)
+
+        x = self._embed(ids[None])
+        for i in range(len(self.layers)):
+            x = self._block(x, i, attend)
+        ends = torch.tensor([sum(len(prompts[j]) for j in pack[: n + 1]) - 1 for n in range(len(pack))])
+        self.valid[rows, cols] = True
+        return self._logits(x[0, ends.to(dev)])
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ the study's architecture as echo_nemo.model.build makes it (`supports`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from megatron.core.tensor_parallel import mappings, vocab_parallel_cross_entropy
@@ -103,17 +105,24 @@ def logits_forward(model, tokens: torch.Tensor) -> torch.Tensor:
     """Logits [b, s, V/tp] (full V when built with parallel_output=False) of the causal LM,
     the same as megatron's `model(tokens, arange positions, attention_mask=None)`."""
     gpt = getattr(model, "module", model)
-    cfg = gpt.config
-    tp = tp_size()
-    b, s = tokens.shape
-    hn = cfg.kv_channels
-    groups = (cfg.num_query_groups or cfg.num_attention_heads) // tp
-    per = cfg.num_attention_heads // (cfg.num_query_groups or cfg.num_attention_heads)
+    s = tokens.size(1)
     attend = speed.ops(tokens.device.type).causal_attention or sdpa_causal
-
     x = gpt.embedding.word_embeddings(tokens)  # vocab-parallel lookup + all-reduce: [b, s, d]
     freqs = gpt.rotary_pos_emb(s)[:, 0, 0]  # [s, hn], megatron's table
     cos, sin = (t[:, None, None] for t in rope_tables(freqs, x.dtype))  # [s, 1, 1, hn]
+    return output_logits(gpt, decoder_layers(gpt, x, cos, sin, attend))
+
+
+def decoder_layers(gpt, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
+    """The transformer layers and the final norm over x [b, s, d] (cos, sin: [s, 1, 1, hn]
+    RoPE tables of each position); `attend(q [b, heads, s, hn], k, v [b, groups, s, hn])`
+    returns the attention output [b, s, heads, hn]."""
+    cfg = gpt.config
+    tp = tp_size()
+    b, s, _ = x.shape
+    hn = cfg.kv_channels
+    groups = (cfg.num_query_groups or cfg.num_attention_heads) // tp
+    per = cfg.num_attention_heads // (cfg.num_query_groups or cfg.num_attention_heads)
     for layer in gpt.decoder.layers:
         attn, mlp = layer.self_attention, layer.mlp
         h = _tp(layer.input_layernorm(x), "copy", tp)
@@ -129,10 +138,63 @@ def logits_forward(model, tokens: torch.Tensor) -> torch.Tensor:
         h = _tp(layer.pre_mlp_layernorm(x), "copy", tp)
         g, u = F.linear(h, mlp.linear_fc1.weight).chunk(2, dim=-1)
         x = x + _tp(F.linear(cfg.activation_func(g) * u, mlp.linear_fc2.weight), "reduce", tp)
-    x = gpt.decoder.final_layernorm(x)
+    return gpt.decoder.final_layernorm(x)
+
+
+def output_logits(gpt, x: torch.Tensor) -> torch.Tensor:
+    """The output layer over final hidden states x [..., d]: logits [..., V/tp]."""
     weight = gpt.shared_embedding_or_output_weight() if gpt.share_embeddings_and_output_weights else None
     logits, _ = gpt.output_layer(x, weight=weight)  # column-parallel (a critic's value head too)
     return logits
+
+
+@dataclass
+class Packing:
+    """Sequences that share prefixes (a GRPO group's prompt), each distinct token once.
+
+    tokens, positions: [T] the distinct tokens and each one's position in its sequences;
+    gather: [seqs * length] the packed row of each sequence's position, every sequence
+    right-padded to `length` (padding points at any row: causal attention never reads it);
+    scatter: [T] for each packed row, the slot (sequence * length + position) whose
+    attention output it takes (a shared token's: the first sequence holding it).
+    echo_nemo.rl.packing builds them from an RL experience.
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    gather: torch.Tensor
+    scatter: torch.Tensor
+    seqs: int
+    length: int
+
+
+def packed_forward(model, packing: Packing, rows: torch.Tensor) -> torch.Tensor:
+    """Logits [len(rows), V/tp] at packed rows `rows` of sequences that share prefixes.
+
+    The per-token products (norms, QKV, projections, MLP) run once per distinct token, so a
+    prompt shared by k samples costs one pass, not k; attention runs per sequence over its
+    tokens gathered from the packed rows. Equals `logits_forward` on each sequence alone to
+    float rounding; the gradient of a shared token sums over the sequences that read it
+    (index_select's backward adds).
+    """
+    check_supported(model)
+    gpt = getattr(model, "module", model)
+    attend = speed.ops(packing.tokens.device.type).causal_attention or sdpa_causal
+    n, length = packing.seqs, packing.length
+
+    def per_sequence(t: torch.Tensor) -> torch.Tensor:  # [1, heads, T, hn] -> [n, heads, length, hn]
+        t = t[0].transpose(0, 1).index_select(0, packing.gather)
+        return t.view(n, length, t.size(1), t.size(2)).transpose(1, 2)
+
+    def packed_attend(q, k, v):
+        o = attend(per_sequence(q), per_sequence(k), per_sequence(v))  # [n, length, heads, hn]
+        return o.reshape(n * length, o.size(2), o.size(3)).index_select(0, packing.scatter)[None]
+
+    x = gpt.embedding.word_embeddings(packing.tokens[None])  # [1, T, d]
+    freqs = gpt.rotary_pos_emb(length)[:, 0, 0]  # every position is < length
+    cos, sin = (t.index_select(0, packing.positions)[:, None, None] for t in rope_tables(freqs, x.dtype))
+    x = decoder_layers(gpt, x, cos, sin, packed_attend)
+    return output_logits(gpt, x.index_select(1, rows))[0]
 
 
 def mask_padded_vocab(logits: torch.Tensor, vocab_size: int, parallel: bool = True) -> torch.Tensor:

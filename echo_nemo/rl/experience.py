@@ -37,6 +37,10 @@ class Experience:
     returns: torch.Tensor | None = None
     values: torch.Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)  # phase metrics to log with the step
+    # rows with the same prompt_groups entry share their first prompt_lens tokens (a GRPO
+    # group: consecutive samples of one prompt); the policy's passes compute them once
+    prompt_lens: torch.Tensor | None = None  # [n]
+    prompt_groups: torch.Tensor | None = None  # [n]
 
     def __len__(self) -> int:
         return self.tokens.size(0)
@@ -56,6 +60,8 @@ class Experience:
 
 
 def build_experience(rollout: Rollout, rewards: list[float], pad_id: int, device: torch.device) -> Experience:
+    """Right-padded prompt+completion tokens, the completion mask, the rewards, and which
+    consecutive rows share a prompt."""
     lengths = [len(p) + len(c) for p, c in zip(rollout.prompt_ids, rollout.completion_ids)]
     n, seq = len(lengths), max(lengths)
     tokens = torch.full((n, seq), pad_id, dtype=torch.long)
@@ -63,7 +69,12 @@ def build_experience(rollout: Rollout, rewards: list[float], pad_id: int, device
     for i, (p, c) in enumerate(zip(rollout.prompt_ids, rollout.completion_ids)):
         tokens[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
         mask[i, len(p) - 1 : len(p) - 1 + len(c)] = 1.0
-    return Experience(tokens.to(device), mask.to(device), torch.tensor(rewards, dtype=torch.float32, device=device))
+    groups = [0]
+    for prev, p in zip(rollout.prompt_ids, rollout.prompt_ids[1:]):
+        groups.append(groups[-1] + (p != prev))
+    return Experience(tokens.to(device), mask.to(device), torch.tensor(rewards, dtype=torch.float32, device=device),
+                      prompt_lens=torch.tensor([len(p) for p in rollout.prompt_ids], dtype=torch.long),
+                      prompt_groups=torch.tensor(groups[:n], dtype=torch.long))
 
 
 def sequence_logprobs(

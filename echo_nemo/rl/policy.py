@@ -13,7 +13,24 @@ from echo_nemo.model.generate import Rollout
 from echo_nemo.optim import optimizer_step
 from echo_nemo.rl.experience import Experience, build_experience, length_batches, sequence_logprobs
 from echo_nemo.rl.losses import clipped_pg_loss, kl_estimate, masked_mean
+from echo_nemo.rl.packing import packed_logprobs, prefix_batches
 from echo_nemo.rl.state import RLRun
+
+
+def batches(exp: Experience, size: int) -> list[tuple[torch.Tensor, int]]:
+    """The policy's micro-batches [(rows, width)]: consecutive rows when the experience
+    knows its shared prompts (each computed once), else rows of similar length."""
+    if exp.prompt_lens is not None:
+        return prefix_batches(exp, size)
+    return length_batches(exp.mask, size)
+
+
+def batch_logprobs(run: RLRun, model, exp: Experience, rows: torch.Tensor, width: int, with_entropy: bool):
+    """Log-probs (and entropy) of `model` at the micro-batch's labels, [len(rows), width - 1]."""
+    temperature, vocab = run.cfg.rollout.temperature, run.tokenizer.vocab_size
+    if exp.prompt_lens is not None:
+        return packed_logprobs(model, exp, rows, width, temperature, vocab, with_entropy)
+    return sequence_logprobs(model, exp.tokens[rows, :width], temperature, vocab, with_entropy)
 
 
 def logprobs(run: RLRun, model, exp: Experience, with_entropy: bool = False):
@@ -21,9 +38,8 @@ def logprobs(run: RLRun, model, exp: Experience, with_entropy: bool = False):
     lps = torch.zeros_like(exp.mask)
     ents = torch.zeros_like(exp.mask) if with_entropy else None
     with torch.no_grad():
-        for rows, w in length_batches(exp.mask, run.cfg.optim.micro_batch_size):
-            lp, ent = sequence_logprobs(model, exp.tokens[rows, :w], run.cfg.rollout.temperature,
-                                        run.tokenizer.vocab_size, with_entropy)
+        for rows, w in batches(exp, run.cfg.optim.micro_batch_size):
+            lp, ent = batch_logprobs(run, model, exp, rows, w, with_entropy)
             lps[rows, : w - 1] = lp
             if ents is not None:
                 ents[rows, : w - 1] = ent
@@ -56,10 +72,10 @@ def policy_update(run: RLRun, exp: Experience, clip: float) -> tuple[dict[str, f
     cfg, state = run.cfg, run.state
     stats: dict[str, float] = {}
     entropy = torch.zeros_like(exp.mask)
-    batches = length_batches(exp.mask, cfg.optim.micro_batch_size)
+    micro = batches(exp, cfg.optim.micro_batch_size)
     run.model.train()
     for epoch in range(cfg.optim.epochs):
-        sums = _policy_pass(run, exp, batches, clip, entropy if epoch == 0 else None)
+        sums = _policy_pass(run, exp, micro, clip, entropy if epoch == 0 else None)
         if epoch == 0:
             stats["policy/ratio_first_epoch"] = sums["policy/ratio"]
         stats.update(sums)
@@ -81,8 +97,7 @@ def _policy_pass(run: RLRun, exp: Experience, batches, clip: float,
         mask = exp.mask[rows, : w - 1]
         weight = mask.sum() / total_tokens
         need_ent = entropy is not None or cfg.entropy_coef > 0
-        lp, ent = sequence_logprobs(run.model, exp.tokens[rows, :w], cfg.rollout.temperature,
-                                    run.tokenizer.vocab_size, with_entropy=need_ent)
+        lp, ent = batch_logprobs(run, run.model, exp, rows, w, need_ent)
         # on-policy (one epoch, no reference): the old log-probs are this forward's own
         old = exp.old_logprobs[rows, : w - 1] if exp.old_logprobs is not None else lp.detach()
         pg, st = clipped_pg_loss(lp, old, exp.advantages[rows, : w - 1], mask, clip)

@@ -177,3 +177,33 @@ def test_length_batches_cut_padding_without_changing_logprobs(model_and_tok):
         m = exp.mask[r, : w - 1].bool()
         torch.testing.assert_close(cut[m], full[r, : w - 1][m], atol=1e-5, rtol=1e-5)
         assert not exp.mask[r, w - 1 :].any()  # nothing cut off was a completion label
+
+
+def test_repeated_prompts_are_prefilled_once_with_the_same_cache(model_and_tok, monkeypatch):
+    """A GRPO group's prompt is computed once and its cache rows copied: the logits and the
+    cache of every copy equal those of the prompt prefilled without copies."""
+    from echo_nemo.model.decode import Decoder
+
+    model, tok = model_and_tok
+    model.eval()
+    prompts = [tok.encode(p) for p in (PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[2], PROMPTS[1], PROMPTS[0])]
+    plen, room = max(map(len, prompts)), 4
+    dec = Decoder(model, len(prompts), plen + room)
+    computed = []
+    pack = Decoder._prefill_pack
+    monkeypatch.setattr(Decoder, "_prefill_pack", lambda self, ps, rows, n: computed.extend(rows) or pack(self, ps, rows, n))
+    logits = dec.prefill(prompts)
+    monkeypatch.undo()
+    assert sorted(computed) == [0, 1, 3]  # each distinct prompt once, in its first row
+    longest = max(prompts, key=len)
+    for i, p in enumerate(prompts):
+        alone = Decoder(model, 2, plen + room)  # p beside the longest prompt: the same cache columns
+        ref = alone.prefill([p, longest])[:1]
+        torch.testing.assert_close(logits[i : i + 1], ref, atol=1e-5, rtol=1e-5)
+        for cache, cache_ref in zip((*dec.k, *dec.v), (*alone.k, *alone.v)):
+            torch.testing.assert_close(cache[i, :, :plen], cache_ref[0, :, :plen], atol=1e-5, rtol=1e-5)
+        assert dec.valid[i, :plen].tolist() == [False] * (plen - len(p)) + [True] * len(p)
+    # and decoding on from there: the copies of a prompt continue alike under greedy decoding
+    out = generate(model, tok, [PROMPTS[0], PROMPTS[1], PROMPTS[0]], max_new_tokens=12, greedy=True)
+    assert out.completion_ids[0] == out.completion_ids[2]
+    assert out.completion_ids[0] == generate(model, tok, [PROMPTS[0]], max_new_tokens=12, greedy=True).completion_ids[0]

@@ -113,3 +113,41 @@ def test_rl_config_rejects_an_out_of_range_decay_frac():
     cfg.optim.decay_frac = 1.5
     with pytest.raises(UserError, match=r"optim\.decay_frac must be in \[0, 1\], got 1.5"):
         cfg.validate()
+
+
+def test_built_adamw_takes_the_adamw_step_by_hand():
+    """OptimConfig.build's AdamW (torch's fused kernel) against the formula, two steps:
+    m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    after p *= 1 - lr wd (matrices only)."""
+    from echo_nemo.optim import OptimConfig
+
+    cfg = OptimConfig(lr=0.1, betas=[0.9, 0.95], eps=1e-8, weight_decay=0.1, warmup_frac=0.0)
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.nn.Parameter(torch.randn(3, 4, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))
+    opt, _ = cfg.build([w, b], total_steps=10)
+    ref = {id(p): (p.detach().clone(), torch.zeros_like(p), torch.zeros_like(p)) for p in (w, b)}
+    for t in (1, 2):
+        for p in (w, b):
+            p.grad = torch.randn(p.shape, generator=g)
+            x, m, v = ref[id(p)]
+            x.mul_(1 - 0.1 * (0.1 if p.dim() >= 2 else 0.0))
+            m.mul_(0.9).add_(0.1 * p.grad)
+            v.mul_(0.95).add_(0.05 * p.grad**2)
+            x.sub_(0.1 * (m / (1 - 0.9**t)) / ((v / (1 - 0.95**t)).sqrt() + 1e-8))
+        opt.step()
+        for p in (w, b):
+            torch.testing.assert_close(p.detach(), ref[id(p)][0], atol=1e-6, rtol=1e-6)
+
+
+def test_global_grad_norm_and_clip_by_hand():
+    from echo_nemo.distributed import init_distributed
+    from echo_nemo.parallel import clip_gradients
+
+    init_distributed(tp=1, seed=0)
+    ps = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(1))]
+    ps[0].grad = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    ps[1].grad = torch.tensor([12.0, 0.0, 0.0])  # ps[2] has no gradient
+    assert clip_gradients(ps, max_norm=0.0) == pytest.approx(13.0)  # sqrt(9 + 16 + 144), unclipped
+    assert ps[1].grad[0] == 12.0
+    assert clip_gradients(ps, max_norm=1.3) == pytest.approx(13.0)
+    torch.testing.assert_close(ps[1].grad, torch.tensor([1.2, 0.0, 0.0]), atol=1e-6, rtol=1e-6)
