@@ -292,6 +292,8 @@ def describe(plan: StudyPlan, done: set[str]) -> str:
     """The plan as text: counts per stage, then every run with its state and command line."""
     lines = [f"study {plan.cfg.name} (budget {plan.budget}, {len(plan.cfg.pretrain_seeds)} pretraining seed(s) x "
              f"{plan.cfg.seeds} RL seed(s)): {len(plan.runs)} runs, {len(done)} done; folder {plan.study_dir}"]
+    if plan.cfg.tuning:
+        lines.append(f"  tuning: {plan.cfg.tuning}")
     for fid, members in plan.members.items():
         f = plan.cfg.findings[fid]
         levels = list(dict.fromkeys(m.level for m in members))

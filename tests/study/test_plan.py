@@ -152,6 +152,7 @@ def test_dry_run_prints_every_run_and_writes_nothing(tmp_path, cli):
         assert f"todo {key}\n" in out
     assert "[calibrate] 1 run(s), 0 done" in out and "[rl] 4 run(s), 0 done" in out and "rl/f6/grpo" not in out
     assert "[eval] 5 run(s), 0 done" in out  # the final eval of 4 RL runs and of the pretrained model
+    assert "  tuning: RL hyperparameters tuned on pretraining seed 100\n" in out
     assert "echo-nemo rl recipes/rl/quickstart_smoke.yaml eval_every=1 algorithm=ppo steps=2 model.init=" in out
     assert not (tmp_path / "o").exists()
 

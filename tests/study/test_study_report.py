@@ -176,3 +176,25 @@ def test_study_report_with_unfinished_runs_and_bad_folder(tmp_path, cli):
     res = cli("study", str(plan.study_dir), "--report-only")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "1 of 4 RL runs finished" in (plan.study_dir / "report" / "index.html").read_text()
+
+
+def test_runs_are_grouped_by_pretraining_seed_for_the_interval(tmp_path):
+    """The report's interval resamples pretraining seeds, then RL seeds within each: the
+    same as stats.mean_interval on the values grouped by pretraining seed, and wider than
+    the flat bootstrap when the pretrained models differ."""
+    from echo_nemo.study.expectations import Expectation
+    from echo_nemo.study.quantities import RunRecord
+    from echo_nemo.study.report import evaluate_finding
+    from echo_nemo.study.stats import mean_interval
+
+    plan = plan_study(load_study(write_study(tmp_path), only=["f1"]), tmp_path / "runs")
+    saved = json.loads(write_plan(plan).read_text())
+    acc = {(0, 0): 0.30, (0, 1): 0.32, (0, 2): 0.31, (1, 0): 0.70, (1, 1): 0.72, (1, 2): 0.69}
+    records = [RunRecord("grpo", p, s, after={"final": {"benchmarks": {"echolab": {"pass@1": v}}}})
+               for (p, s), v in acc.items()]
+    e = Expectation(finding="f1", expectation="accuracy above 0.2", quantity="acc_final", null_value=0.2)
+    ((ev, ctx),) = evaluate_finding(FindingView(plan.study_dir, saved, "f1"), records, {"f1_acc": e})
+    grouped = mean_interval([[0.30, 0.32, 0.31], [0.70, 0.72, 0.69]])
+    flat = mean_interval([list(acc.values())])
+    assert ctx == {} and ev.outcome.interval == grouped
+    assert (grouped.hi - grouped.lo) > 1.3 * (flat.hi - flat.lo)  # two pretrained models: a wider interval
