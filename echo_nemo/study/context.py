@@ -197,11 +197,12 @@ def _checkpoints(v: FindingView, e: Expectation) -> float | None:
                                       c.num_checkpoints)) + 1)
 
 
-def _step_range(v: FindingView, problem_set: str, pretrain_key: str) -> tuple[int, int]:
-    """(fewest, most) reasoning steps of an echo-lab set: its own range, else the corpus's."""
-    spec = ECHOLAB_SETS.get(problem_set)
-    if spec is None:
-        raise UserError(f"study: {problem_set!r} is not an echo-lab problem set; design/steps_gap needs one")
+def _step_range(v: FindingView, problem_set: str, pretrain_key: str) -> tuple[int, int] | None:
+    """(fewest, most) reasoning steps of an echo-lab set: its own range, else its corpus's;
+    None for other sets (no step counts)."""
+    if problem_set not in ECHOLAB_SETS:
+        return None
+    spec = ECHOLAB_SETS[problem_set]
     if spec.steps is not None:
         return spec.steps
     data = v.config(v.data_key(pretrain_key)).echolab
@@ -209,11 +210,15 @@ def _step_range(v: FindingView, problem_set: str, pretrain_key: str) -> tuple[in
 
 
 def _steps_gap(v: FindingView, e: Expectation) -> float | None:
-    """The hard benchmark's fewest steps minus the RL prompt set's most (min over the runs)."""
+    """The hard benchmark's fewest steps minus the RL prompt set's most (min over the runs);
+    None unless both are echo-lab sets."""
     gaps = []
     for m in v.members:
-        hard = _step_range(v, BENCHMARKS[v.bench(e)], m["pretrain"])[0]
-        gaps.append(hard - _step_range(v, v.config(m["rl"]).data.train, m["pretrain"])[1])
+        hard = _step_range(v, BENCHMARKS[v.bench(e)], m["pretrain"])
+        prompts = _step_range(v, v.config(m["rl"]).data.train, m["pretrain"])
+        if hard is None or prompts is None:
+            return None
+        gaps.append(hard[0] - prompts[1])
     return float(min(gaps)) if gaps else None
 
 
