@@ -156,7 +156,7 @@ def level_table(records: list[RunRecord], levels: list[str], bench: str) -> list
         recs = [r for r in records if r.level == lv]
         finals = [r.after[FINAL] for r in recs if bench in (r.after.get(FINAL) or {}).get("benchmarks", {})]
         tops = [top_format(eval_shares(res, bench)) for res in finals]
-        counts = {fmt: sum(t[0] == fmt for t in tops) for fmt in SOLUTION_FORMATS}
+        counts = {fmt: sum(t[0] == fmt and t[1] > 0 for t in tops) for fmt in SOLUTION_FORMATS}  # all `other`: none
         rows.append({"level": lv, "RL runs finished": str(len(recs)),
                      "final top format (runs)": ", ".join(f"{k} x{v}" for k, v in counts.items() if v) or "-",
                      "top share": spread([t[1] for t in tops]).text(),
@@ -211,10 +211,11 @@ def finding_figures(fid: str, f: dict[str, Any], records: list[RunRecord], out: 
 
 
 def _section_html(fid: str, f: dict[str, Any], rows: list[dict[str, str]], contexts: list[dict], finished: int,
-                  levels: list[dict[str, str]], figures: list[tuple[str, Path]]) -> str:
+                  levels: list[dict[str, str]], figures: list[tuple[str, Path]], seeds: str, wall: str) -> str:
     parts = [f"<h2 id='{html.escape(fid)}'>{html.escape(fid)}: {html.escape(f['title'])}</h2>",
              f"<p><b>The paper's claim:</b> {html.escape(f['claim'])}<br><b>Factor:</b> {html.escape(f['factor'])} in "
-             f"{html.escape(', '.join(f['levels']))}; {finished} of {len(f['members'])} RL runs finished; "
+             f"{html.escape(', '.join(f['levels']))}; seeds {seeds} (pretraining x RL); {finished} of "
+             f"{len(f['members'])} RL runs finished; wall time from nothing: {html.escape(wall)}; "
              f"format shares in the figures: {html.escape(f.get('shares', 'sampled'))}</p>"]
     if f.get("notes"):
         parts.append(f"<p><i>{html.escape(f['notes'])}</i></p>")
@@ -273,7 +274,7 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
         verdicts += rows
         html_sections.append(_section_html(fid, f, rows, [c for _, c in evaluated], len(records),
                                            level_table(records, f["levels"], view.eval_bench(FINAL)),
-                                           finding_figures(fid, f, records, out)))
+                                           finding_figures(fid, f, records, out), seeds, wall))
         md_sections.append((fid, f, rows, wall))
     title = f"echo-nemo study {plan['name']} ({plan['budget']})"
     summary = [{k: r[k] for k in ("finding", "expectation", "verdict", "estimate [95% CI]", "why")} for r in verdicts]

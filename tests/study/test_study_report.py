@@ -120,6 +120,8 @@ def test_study_report_evaluates_every_expectation_with_its_context(tmp_path):
     assert table.count("<td>not testable here</td>") == 2 and page.index("</table>") < page.index("<h2 id='f1'>")
     assert "RL hyperparameters tuned on pretraining seed 100" in page
     assert "Context: calibration/gap_top2 = 0.025; design/code_tokens_ratio_min = 1" in page
+    assert "seeds 2 x 2 (pretraining x RL); 4 of 4 RL runs finished; wall time from nothing: 15 min" in page
+    assert "<td>grpo</td><td>4</td><td>llm_code x4</td>" in page  # f1: the final eval's top format, every run
     for fid in ("f1", "f3", "f4", "f5", "f6"):
         assert f"<h2 id='{fid}'>" in page
         assert f'alt="{fid}_format_share.png"' in page and f'alt="{fid}_final_share.png"' in page
@@ -198,3 +200,17 @@ def test_runs_are_grouped_by_pretraining_seed_for_the_interval(tmp_path):
     flat = mean_interval([list(acc.values())])
     assert ctx == {} and ev.outcome.interval == grouped
     assert (grouped.hi - grouped.lo) > 1.3 * (flat.hi - flat.lo)  # two pretrained models: a wider interval
+
+
+def test_a_level_whose_final_eval_is_all_unclassified_has_no_top_format():
+    from echo_nemo.study.quantities import RunRecord
+    from echo_nemo.study.report import level_table
+
+    def results(shares):
+        stats = {f: {"share": shares.get(f, 0.0)} for f in ("tinygsm", "llm_code", "text", "other")}
+        return {"benchmarks": {"echolab": {"pass@1": 0.0, "greedy_formats": stats, "formats": stats}}}
+
+    records = [RunRecord("a", 0, 0, after={"final": results({"other": 1.0})}),
+               RunRecord("b", 0, 0, after={"final": results({"text": 0.6, "other": 0.4})})]
+    rows = level_table(records, ["a", "b"], "echolab")
+    assert [r["final top format (runs)"] for r in rows] == ["-", "text x1"]
