@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from echo_nemo.data.echolab_fair import TEXT_OPENING
 from echo_nemo.data.sources import BENCHMARKS, load_problems
 from echo_nemo.errors import UserError
@@ -148,10 +150,11 @@ def score_forced(completions: dict[str, list[str]], truths: list[str], openings:
     return Calibration(rows), records
 
 
-def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig,
-                    samples: int = 0) -> dict[str, list[str]]:
+def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig, samples: int = 0,
+                    bar: tqdm | None = None) -> dict[str, list[str]]:
     """Each format's completions: opening + the continuation of prompt + opening; greedy
-    (samples = 0), else `samples` draws per problem at cfg.temperature, problem-major."""
+    (samples = 0), else `samples` draws per problem at cfg.temperature, problem-major.
+    `bar` counts the completions as they are made."""
     from echo_nemo.model.generate import generate  # torch: imported when a model is in hand
 
     out: dict[str, list[str]] = {}
@@ -164,6 +167,8 @@ def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig,
             roll = generate(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, batch_size=len(chunk),
                             max_prompt_tokens=cfg.max_prompt_tokens, **kw)
             comps += [opening + c for c in roll.completions]
+            if bar is not None:
+                bar.update(len(chunk))
         out[fmt] = comps
     return out
 
@@ -171,8 +176,10 @@ def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig,
 def calibrate_model(model, tokenizer, problems: list, cfg: CalibrateConfig) -> tuple[Calibration, list[dict[str, Any]]]:
     """The calibration of a model in memory on `problems` (objects with .prompt and .answer)."""
     prompts = [p.prompt for p in problems]
-    comps = generate_forced(model, tokenizer, prompts, cfg)
-    sampled = generate_forced(model, tokenizer, prompts, cfg, cfg.samples) if cfg.samples else None
+    total = len(prompts) * len(cfg.openings) * (1 + cfg.samples)
+    with tqdm(total=total, desc="calibrate", unit="completion", mininterval=1) as bar:
+        comps = generate_forced(model, tokenizer, prompts, cfg, bar=bar)
+        sampled = generate_forced(model, tokenizer, prompts, cfg, cfg.samples, bar) if cfg.samples else None
     return score_forced(comps, [p.answer for p in problems], cfg.openings, sampled)
 
 

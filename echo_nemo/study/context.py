@@ -161,14 +161,24 @@ def code_tokens(manifest: dict[str, Any]) -> int:
     return sum(s["tokens"] for s in manifest["sources"] if ECHO_FORMATS.get(s["name"]) in CODE_FORMATS)
 
 
+def code_tokens_seen(manifest: dict[str, Any], steps: int, global_batch: int) -> float:
+    """Code tokens a pretraining sees: its tokens (steps x global batch x seq_length) times
+    the code sources' share of its build's tokens."""
+    total = sum(s["tokens"] for s in manifest["sources"])
+    return steps * global_batch * manifest["seq_length"] * code_tokens(manifest) / total if total else 0.0
+
+
 def _code_ratios(v: FindingView) -> list[float] | None:
-    """Per level: code tokens of its data build over the first level's."""
+    """Per level: code tokens its pretraining sees over the first level's (upweighting a
+    format by adding it keeps this at 1 only when the steps grow with the mixture)."""
     tokens = []
     for level in v.finding["levels"]:
-        manifest = read_json(v.study_dir / v.data_key(v.level_members(level)[0]["pretrain"]) / "manifest.json")
+        pre = v.level_members(level)[0]["pretrain"]
+        manifest = read_json(v.study_dir / v.data_key(pre) / "manifest.json")
         if manifest is None:
             return None
-        tokens.append(code_tokens(manifest))
+        train = v.config(pre).train
+        tokens.append(code_tokens_seen(manifest, train.steps, train.global_batch_size))
     return [t / tokens[0] for t in tokens] if tokens and tokens[0] else None
 
 

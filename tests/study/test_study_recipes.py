@@ -101,17 +101,20 @@ def test_echolab_context_of_the_design(tmp_path):
     # measured ones wait for their runs: the data builds' manifests, the calibrations
     assert ctx("f2", "f2_text_shift") == {"calibration/gap_top2": None, "acc_before/min": None,
                                           "design/param_ratio": None}
-    for name, text in (("echo_tg_omi1_omi2-fair", 100), ("echo_tg_omi1_2xomi2-fair", 200),
-                       ("echo_tg_omi1_4xomi2-fair", 400)):
+    # the fair builds' tokens: the code sources alike at every level, text 1x / 2x / 4x
+    for name, k in (("echo_tg_omi1_omi2-fair", 1), ("echo_tg_omi1_2xomi2-fair", 2), ("echo_tg_omi1_4xomi2-fair", 4)):
         (plan.study_dir / "data" / name).mkdir(parents=True)
-        sources = [{"name": "echo_tg", "tokens": 300}, {"name": "echo_omi1", "tokens": 250 + ("4x" in name)},
-                   {"name": "echo_omi2", "tokens": text}]
-        (plan.study_dir / "data" / name / "manifest.json").write_text(json.dumps({"vocab_size": 1024, "sources": sources}))
+        sources = [{"name": "echo_tg", "tokens": 2557939}, {"name": "echo_omi1", "tokens": 2715773},
+                   {"name": "echo_omi2", "tokens": k * 2709236}]
+        manifest = {"vocab_size": 1024, "seq_length": 256, "sources": sources}
+        (plan.study_dir / "data" / name / "manifest.json").write_text(json.dumps(manifest))
     # mini 638,976 and small 2,785,280 parameters at a 1024-token vocabulary
     assert ctx("f2", "f2_text_shift")["design/param_ratio"] == pytest.approx(2785280 / 638976)
-    # the code sources (tinygsm, llm_code) only: 550 tokens at 1x and 2x, 551 at 4x
-    assert ctx("f3", "f3_upweighted_share") == {"design/code_tokens_ratio_min": 1.0,
-                                                "design/code_tokens_ratio_max": pytest.approx(551 / 550),
+    # code tokens seen: steps x 16 x 256 x code share; 1339 and 2018 steps for 1.339x and 2.018x the tokens
+    code = 2557939 + 2715773
+    seen = [steps * 16 * 256 * code / (code + k * 2709236) for steps, k in ((1000, 1), (1339, 2), (2018, 4))]
+    assert ctx("f3", "f3_upweighted_share") == {"design/code_tokens_ratio_min": pytest.approx(min(seen) / seen[0]),
+                                                "design/code_tokens_ratio_max": pytest.approx(max(seen) / seen[0]),
                                                 "calibration/gap_top2": None}
 
 

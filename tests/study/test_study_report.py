@@ -42,7 +42,7 @@ def _manifest(run_dir: Path, code: int, text: int) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     sources = [{"name": "echo_tg", "tokens": code // 2}, {"name": "echo_omi1", "tokens": code - code // 2},
                {"name": "echo_omi2", "tokens": text}]
-    (run_dir / "manifest.json").write_text(json.dumps({"vocab_size": 1024, "sources": sources}))
+    (run_dir / "manifest.json").write_text(json.dumps({"vocab_size": 1024, "seq_length": 128, "sources": sources}))
 
 
 def make_study(tmp_path: Path, seeds: int, base_acc: float = 0.05) -> Path:
