@@ -35,6 +35,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("export", "echo_nemo.export.cli"),
     ("import", "echo_nemo.export.cli_import"),
     ("sweep", "echo_nemo.launch.cli"),
+    ("calibrate", "echo_nemo.study.calibrate_cli"),
     ("study", "echo_nemo.study.cli"),
 ]
 

@@ -204,6 +204,7 @@ class PointJob(submitit.helpers.Checkpointable):
         if os.environ.get("SUBMITIT_EXECUTOR") == "local":
             _export_torchrun_env()
         print(f"[echo-nemo sweep] echo-nemo {shlex.join(self.argv)}", flush=True)
+        t0 = time.perf_counter()
         rc = cli_main(self.argv)
         if rc == preempt.EXIT_REQUEUE:
             self._after_stop()
@@ -212,7 +213,9 @@ class PointJob(submitit.helpers.Checkpointable):
         if _global_rank() == 0:
             marker = run_dir / DONE_MARKER
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"finished": time.time(), "argv": self.argv, "run_dir": self.run_dir}) + "\n")
+            # wall_s: the command's wall time in the sitting that finished it (the study sums them)
+            marker.write_text(json.dumps({"finished": time.time(), "wall_s": round(time.perf_counter() - t0, 1),
+                                          "argv": self.argv, "run_dir": self.run_dir}) + "\n")
         return str(run_dir)
 
     def _after_stop(self) -> None:

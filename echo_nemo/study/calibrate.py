@@ -20,13 +20,13 @@ A format whose corpus has no fixed opening (the default `text` format begins wit
 first step) is forced by `TEXT_OPENING`, the fair corpus's text opening: on a model
 pretrained on the default corpus, `in_format` shows how far that forcing took.
 
-Run: `python -m echo_nemo.study.calibrate CHECKPOINT [k=v ...] [--out DIR]` writes
-calibration.json, calibration.md and samples.jsonl into DIR (default: CHECKPOINT/calibration).
+Run: `echo-nemo calibrate CHECKPOINT [k=v ...] [--out DIR]` (or `python -m
+echo_nemo.study.calibrate`, the same) writes calibration.json, calibration.md and
+samples.jsonl into DIR (default: CHECKPOINT/calibration).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,10 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echo_nemo.config import load_recipe
+from tqdm import tqdm
+
 from echo_nemo.data.echolab_fair import TEXT_OPENING
 from echo_nemo.data.sources import BENCHMARKS, load_problems
-from echo_nemo.errors import EXIT_BAD_INPUT, UserError
+from echo_nemo.errors import UserError
 from echo_nemo.reward import score
 from echo_nemo.reward.formats import FORMATS
 
@@ -149,10 +150,11 @@ def score_forced(completions: dict[str, list[str]], truths: list[str], openings:
     return Calibration(rows), records
 
 
-def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig,
-                    samples: int = 0) -> dict[str, list[str]]:
+def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig, samples: int = 0,
+                    bar: tqdm | None = None) -> dict[str, list[str]]:
     """Each format's completions: opening + the continuation of prompt + opening; greedy
-    (samples = 0), else `samples` draws per problem at cfg.temperature, problem-major."""
+    (samples = 0), else `samples` draws per problem at cfg.temperature, problem-major.
+    `bar` counts the completions as they are made."""
     from echo_nemo.model.generate import generate  # torch: imported when a model is in hand
 
     out: dict[str, list[str]] = {}
@@ -165,6 +167,8 @@ def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig,
             roll = generate(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, batch_size=len(chunk),
                             max_prompt_tokens=cfg.max_prompt_tokens, **kw)
             comps += [opening + c for c in roll.completions]
+            if bar is not None:
+                bar.update(len(chunk))
         out[fmt] = comps
     return out
 
@@ -172,8 +176,10 @@ def generate_forced(model, tokenizer, prompts: list[str], cfg: CalibrateConfig,
 def calibrate_model(model, tokenizer, problems: list, cfg: CalibrateConfig) -> tuple[Calibration, list[dict[str, Any]]]:
     """The calibration of a model in memory on `problems` (objects with .prompt and .answer)."""
     prompts = [p.prompt for p in problems]
-    comps = generate_forced(model, tokenizer, prompts, cfg)
-    sampled = generate_forced(model, tokenizer, prompts, cfg, cfg.samples) if cfg.samples else None
+    total = len(prompts) * len(cfg.openings) * (1 + cfg.samples)
+    with tqdm(total=total, desc="calibrate", unit="completion", mininterval=1) as bar:
+        comps = generate_forced(model, tokenizer, prompts, cfg, bar=bar)
+        sampled = generate_forced(model, tokenizer, prompts, cfg, cfg.samples, bar) if cfg.samples else None
     return score_forced(comps, [p.answer for p in problems], cfg.openings, sampled)
 
 
@@ -199,19 +205,10 @@ def run_calibration(checkpoint: str, cfg: CalibrateConfig, out: str | os.PathLik
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m echo_nemo.study.calibrate", description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="a checkpoint dir or a run dir (its latest checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="k=v", help="CalibrateConfig overrides, e.g. limit=100")
-    p.add_argument("--out", default=None, help="output folder (default: CHECKPOINT/calibration)")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_recipe(CalibrateConfig, None, args.overrides)
-        cal = run_calibration(args.checkpoint, cfg, args.out)
-    except UserError as e:
-        print(f"calibrate: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(cal.table())
-    return 0
+    """`python -m echo_nemo.study.calibrate`: the `echo-nemo calibrate` command (exit 2 on bad input)."""
+    from echo_nemo.cli import main as cli_main  # the CLI's error handling and CPU set-up
+
+    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

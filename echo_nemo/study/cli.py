@@ -56,16 +56,19 @@ def _report(study_dir: Path) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "study",
-        help="run the study's findings: shared pretrainings, RL factor x seed, evals, report with verdicts",
-        description="Plan a study recipe (recipes/study/*.yaml) into data builds, pretrainings (each run once "
-        "and shared), RL runs (factor level x seed) and evals; run them stage by stage through the sweep "
-        "machinery (finished runs are skipped, so an interrupted study resumes) and write a report with a "
-        "figure and a verdict per finding.",
+        help="run the study's findings: pretrainings x seeds, calibration, RL level x seeds, evals, verdicts",
+        description="Plan a study recipe (recipes/study/*.yaml) into data builds, pretrainings (each once per "
+        "pretraining seed, shared across findings), their calibrations, RL runs (factor level x pretraining seed "
+        "x RL seed) and evals (the study's final eval of every RL run and pretrained model, and each finding's "
+        "own); run them stage by stage through the sweep machinery (finished runs are skipped, so an "
+        "interrupted study resumes) and write a report with each pre-registered expectation's verdict and "
+        "interval, and figures per finding.",
     )
     p.add_argument("recipe", help="recipes/study/<study>.yaml (with --report-only also a study folder)")
     p.add_argument("overrides", nargs="*", metavar="k=v", help="dotted overrides of the study recipe")
     p.add_argument("--only", default=None, metavar="F1,F2", help="only these findings (e.g. f1,f4)")
-    p.add_argument("--seeds", type=int, default=None, help="RL seeds per level (default: the recipe's)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="RL seeds per level and pretraining seed (default: the budget's, else the recipe's)")
     p.add_argument("--budget", default=None, help="a budget of the recipe, e.g. smoke or full (default: the recipe's)")
     p.add_argument("--cluster", choices=list(CLUSTERS), default="local",
                    help="local: processes on this machine; slurm: one job array per stage; debug: in this process")

@@ -80,7 +80,9 @@ class Expectation:
     finding: str = "???"  # the finding's id in the study recipe (f1..f6)
     claim: str = ""  # the paper's claim, as the paper states it
     expectation: str = ""  # the pre-registered direction, in words
-    quantity: str = "???"  # the per-run measurement compared
+    quantity: str = "???"  # the per-run measurement compared (a name of quantities.QUANTITIES)
+    eval: str = "final"  # the label of the eval whose results it reads (final: the study's final eval)
+    benchmark: str = ""  # the benchmark it reads; "" = the finding's
     contrast: list[str] = field(default_factory=list)  # [], [level] or [a, b] (b - a)
     direction: int = 1  # +1: the quantity (or b - a) is expected above the null; -1: below
     null_value: float = 0.0  # the null (`null` itself is YAML's None)

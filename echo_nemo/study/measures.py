@@ -45,16 +45,6 @@ def top_format(shares: dict[str, float]) -> tuple[str, float]:
     return best, shares.get(best, 0.0)
 
 
-def final_top(rows: Rows, prefix: str = "") -> tuple[str | None, float | None]:
-    """The top format at the last logged step and its share; (None, None) if no shares,
-    (None, 0.0) if no generation there was in a solution format (all `other`)."""
-    logged = share_rows(rows, prefix)
-    if not logged:
-        return None, None
-    fmt, share = top_format(logged[-1][1])
-    return (fmt, share) if share > 0 else (None, 0.0)
-
-
 def collapse_step(rows: Rows, prefix: str = "", threshold: float = COLLAPSE_SHARE) -> int | None:
     """The first logged step s with share_F(s') >= threshold at s and at every later logged
     step s', where F is the top format at the last logged step; None if share_F(last) < threshold
@@ -74,17 +64,6 @@ def collapse_step(rows: Rows, prefix: str = "", threshold: float = COLLAPSE_SHAR
             break
         step = s
     return step
-
-
-def minority_share(rows: Rows, prefix: str = "") -> float | None:
-    """Share kept by the other solution formats at the last logged step:
-    sum_{f != F} share_f(last), F the top format there (`other` not counted). None if no shares."""
-    logged = share_rows(rows, prefix)
-    if not logged:
-        return None
-    shares = logged[-1][1]
-    fmt, _ = top_format(shares)
-    return sum(v for f, v in shares.items() if f != fmt)
 
 
 def metric_series(rows: Rows, key: str) -> tuple[list[int], list[float]]:
@@ -109,11 +88,6 @@ def largest_gain_step(rows: Rows, key: str) -> int | None:
 def last_value(rows: Rows, key: str) -> float | None:
     _, values = metric_series(rows, key)
     return values[-1] if values else None
-
-
-def first_value(rows: Rows, key: str) -> float | None:
-    _, values = metric_series(rows, key)
-    return values[0] if values else None
 
 
 def pass_at_k_over_steps(rows: Rows, bench: str, k: int, kind: str = "pass") -> tuple[list[int], list[float]]:
@@ -162,24 +136,3 @@ def spread(values: Sequence[float | None]) -> Spread:
     mean = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
     return Spread(len(xs), mean, sd, min(xs), max(xs))
-
-
-SHARES = {"sampled": "", "greedy": "eval/"}  # which shares a finding's measures read
-
-
-def run_measures(rows: Rows, bench: str, shares: str = "sampled") -> dict[str, Any]:
-    """Every per-run measure the verdicts use, from one RL run's rows; `shares`: the RL
-    samples' format shares (every step) or the held-out greedy ones (at each RL eval)."""
-    prefix = SHARES[shares]
-    fmt, share = final_top(rows, prefix)
-    acc_key = f"acc/{bench}/pass@1"
-    return {
-        "collapse_step": collapse_step(rows, prefix),
-        "top_format": fmt,
-        "top_share": share,
-        "minority_share": minority_share(rows, prefix),
-        "gain_step": largest_gain_step(rows, acc_key),
-        "acc_first": first_value(rows, acc_key),
-        "acc_last": last_value(rows, acc_key),
-        "steps": max((int(r["step"]) for r in rows), default=0),
-    }

@@ -3,16 +3,24 @@
 Every run is one `echo-nemo` command line with its own run dir under the study folder
 (`out_dir/name/budget`):
 
-    data/<data recipe>          one per distinct data build (recipe + overrides)
-    pretrain/<pretraining>      one per pretraining named in `pretrain:` that a planned level uses
-    rl/<finding>/<level>/seed-<s>    factor level x seed, model.init = its pretraining's run dir
-    eval/<finding>/<level>/seed-<s>/<label>   each of the finding's evals of that RL run
-    eval/pretrain/<pretraining>/<label>       evals marked `before: true`, of the pretrained model
+    data/<data recipe>                  one per distinct data build (recipe + overrides)
+    pretrain/<pretraining>/seed-<p>     each pretraining a planned level uses, once per
+                                        pretraining seed (train.seed=p)
+    calibrate/<pretraining>/seed-<p>    each format's forced greedy accuracy on it (study.calibrate)
+    rl/<finding>/<level>/pretrain-<p>/seed-<s>
+                                        factor level x pretraining seed x RL seed, model.init =
+                                        its pretraining's run dir of seed p, seed=s
+    eval/<finding>/<level>/pretrain-<p>/seed-<s>/<label>
+                                        the study's final eval (label `final`) and each of the
+                                        finding's own evals of that RL run
+    eval/pretrain/<pretraining>/seed-<p>/<label>
+                                        the final eval and the evals marked `before: true`, of
+                                        the pretrained model
 
 Runs are shared, never repeated: two findings that ask for the same RL run (same recipe,
-pretraining, overrides and seed; e.g. the collapse finding and the GRPO level of the
-algorithm finding) get one run, planned under the first finding's name; likewise data
-builds, pretrainings and evals.
+pretraining, overrides and seeds; e.g. the GRPO levels of the scale and algorithm
+findings) get one run, planned under the first finding's name; likewise data builds,
+pretrainings, calibrations and evals.
 """
 
 from __future__ import annotations
@@ -20,22 +28,25 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from echo_nemo.config import REPO_ROOT, load_recipe, schema_for_recipe, to_yaml
+from echo_nemo.config import REPO_ROOT, load_recipe, to_yaml
 from echo_nemo.errors import UserError
 from echo_nemo.launch.config import resolve_path
 from echo_nemo.launch.grid import label_of
 from echo_nemo.launch.submit import changed_since_done
-from echo_nemo.study.config import STAGES, Budget, Finding, StudyConfig
+from echo_nemo.study.config import FINAL, STAGES, Budget, EvalSpec, StudyConfig
+from echo_nemo.study.context import check_expectations
+from echo_nemo.study.runconf import run_config
 
 
 @dataclass
 class StudyRun:
-    stage: str  # data | pretrain | rl | eval
+    stage: str  # data | pretrain | calibrate | rl | eval
     key: str  # path of its run dir relative to the study folder
     argv: list[str]  # `echo-nemo ARGV`
     run_dir: Path
@@ -51,10 +62,13 @@ class Member:
     """One RL run of a finding's level (and its evals), as the report reads it."""
 
     level: str
-    seed: int
+    seed: int  # the RL seed
     rl: str  # run key
     evals: dict[str, str] = field(default_factory=dict)  # label -> run key (after RL)
     before: dict[str, str] = field(default_factory=dict)  # label -> run key (the pretrained model)
+    pretrain_seed: int = 0
+    pretrain: str = ""  # the pretraining's run key
+    calibration: str = ""  # the calibrate run's key (of that pretraining)
 
 
 @dataclass
@@ -77,18 +91,23 @@ class StudyPlan:
         for fid, members in self.all_members.items():
             f = self.cfg.findings[fid]
             findings[fid] = {
-                "title": f.title, "claim": f.claim, "factor": f.factor, "verdict": f.verdict,
+                "title": f.title, "claim": f.claim, "factor": f.factor,
                 "benchmark": f.benchmark, "shares": f.shares, "notes": f.notes,
                 "levels": list(dict.fromkeys(m.level for m in members)),
                 "members": [vars(m) for m in members],
             }
         return {
             "name": self.cfg.name, "budget": self.budget, "study_dir": str(self.study_dir),
-            "seeds": self.cfg.seeds, "selected": list(self.members),
+            "seeds": self.cfg.seeds, "pretrain_seeds": list(self.cfg.pretrain_seeds), "tuning": self.cfg.tuning,
+            "expectations": EXPECTATIONS_FILE if self.cfg.expectations else None,
+            "final_eval": FINAL if self.cfg.final_eval else None, "selected": list(self.members),
             "runs": [{"stage": r.stage, "key": r.key, "argv": r.argv, "run_dir": str(r.run_dir), "after": r.after}
                      for r in self.all_runs],
             "findings": findings,
         }
+
+
+EXPECTATIONS_FILE = "expectations.yaml"  # the study's expectations, copied into its folder
 
 
 def _short(arg: str) -> str:
@@ -108,34 +127,42 @@ def _recipe(path: str, what: str) -> str:
 
 def load_study(recipe: str | os.PathLike, overrides: list[str] | None = None, only: list[str] | None = None,
                seeds: int | None = None, budget: str | None = None) -> StudyConfig:
-    """The study recipe with `--only`, `--seeds` and `--budget` applied (validated)."""
+    """The study recipe with `--budget` (its seeds), `--seeds` and `--only` applied (validated);
+    its expectations are loaded and checked against the findings (study.context)."""
     cfg = load_recipe(StudyConfig, recipe, overrides)
-    if seeds is not None:
-        if seeds < 1:
-            raise UserError(f"--seeds must be >= 1, got {seeds}")
-        cfg.seeds = seeds
     if budget is not None:
         if budget not in cfg.budgets:
             raise UserError(f"--budget {budget!r}: study {cfg.name!r} has budgets {', '.join(cfg.budgets)}")
         cfg.budget = budget
+    chosen = cfg.budgets[cfg.budget]
+    if chosen.pretrain_seeds is not None:
+        cfg.pretrain_seeds = list(chosen.pretrain_seeds)
+    if chosen.seeds is not None:
+        cfg.seeds = chosen.seeds
+    if seeds is not None:
+        if seeds < 1:
+            raise UserError(f"--seeds must be >= 1, got {seeds}")
+        cfg.seeds = seeds
     if only:
         cfg.only = list(only)
     unknown = [f for f in cfg.only if f not in cfg.findings]
     if unknown:
         raise UserError(f"--only {','.join(unknown)}: study {cfg.name!r} has findings {', '.join(cfg.findings)}")
+    check_expectations(cfg)
     return cfg
 
 
 def plan_study(cfg: StudyConfig, out_dir: str | os.PathLike | None = None, validate: bool = True) -> StudyPlan:
-    """Every run of the selected findings (`cfg.only`, empty: all) in stage order (data, pretrain, rl, eval)."""
+    """Every run of the selected findings (`cfg.only`, empty: all) in stage order (config.STAGES)."""
     study_dir = (resolve_path(str(out_dir) if out_dir else cfg.out_dir, Path.cwd()) / cfg.name / cfg.budget).resolve()
     planner = _Planner(cfg, study_dir)
-    members = {fid: planner.finding(fid, f) for fid, f in cfg.findings.items()}
+    members = {fid: planner.finding(fid) for fid in cfg.findings}
     ordered = [r for stage in STAGES for r in planner.runs.values() if r.stage == stage]
     # every finding is planned so that a run's name never depends on --only; then only the
     # runs the selected findings need (and what those need) are kept
     selected = {fid: m for fid, m in members.items() if not cfg.only or fid in cfg.only}
-    need = {k for ms in selected.values() for m in ms for k in (m.rl, *m.evals.values(), *m.before.values())}
+    need = {k for ms in selected.values() for m in ms
+            for k in (m.rl, *m.evals.values(), *m.before.values(), *filter(None, [m.calibration]))}
     for r in reversed(ordered):  # stage order: whatever a run needs comes earlier
         if r.key in need:
             need.update(r.after)
@@ -168,59 +195,74 @@ class _Planner:
         self.by_signature[sig] = key
         return key
 
-    def pretraining(self, name: str) -> str:
-        """The data build and the pretraining of `cfg.pretrain[name]`; the pretraining's key."""
+    def pretraining(self, name: str, seed: int) -> str:
+        """The data build and the pretraining of `cfg.pretrain[name]` with train.seed=`seed`;
+        the pretraining's key (the data build is shared by the seeds)."""
         p, budget = self.cfg.pretrain[name], self.budget
         data_recipe = _recipe(p.data, f"pretrain.{name}.data")
         data_over = [*p.data_overrides, *budget.data]
         # a pretraining's own data overrides name the build, so that the name does not depend
-        # on which findings run together (--only): f5's 1-5-step corpus never reuses f1's
+        # on which findings run together (--only): one corpus never reuses another's
         build = "__".join([Path(data_recipe).stem, *map(label_of, p.data_overrides)])
         data_key = self.add("data", f"data/{build}", [data_recipe, data_over],
                             lambda d: ["data", "build", data_recipe, *data_over, "--out", str(d)], [])
         pre_recipe = _recipe(p.recipe, f"pretrain.{name}")
-        over = [*p.overrides, *budget.pretrain, f"data.shards={self.runs[data_key].run_dir}"]
-        return self.add("pretrain", f"pretrain/{name}", [pre_recipe, over],
+        over = [*p.overrides, *budget.pretrain, f"train.seed={seed}", f"data.shards={self.runs[data_key].run_dir}"]
+        return self.add("pretrain", f"pretrain/{name}/seed-{seed}", [pre_recipe, over],
                         lambda d: ["pretrain", pre_recipe, *over, f"run_dir={d}"], [data_key], p.cost)
 
-    def evaluation(self, key: str, spec_index: int, f: Finding, target: str) -> tuple[str, str]:
-        """(label, key) of the finding's eval `spec_index` of the run `target`."""
-        spec = f.evals[spec_index]
-        label = spec.label or f"eval{spec_index}"
-        recipe = _recipe(spec.recipe, f"finding eval {label}")
+    def calibration(self, name: str, seed: int, pre_key: str) -> str:
+        """The calibrate run of a pretrained model (each format's forced greedy accuracy)."""
+        over = [*self.cfg.calibration, *self.budget.calibration]
+        target = str(self.runs[pre_key].run_dir)
+        return self.add("calibrate", f"calibrate/{name}/seed-{seed}", [target, over],
+                        lambda d: ["calibrate", target, *over, "--out", str(d)], [pre_key])
+
+    def evaluation(self, key: str, spec: EvalSpec, label: str, target: str) -> str:
+        """The key of the eval `spec` (run-dir name and label `label`) of the run `target`."""
+        recipe = _recipe(spec.recipe, f"eval {label}")
         over = [*spec.overrides, *self.budget.eval]
         target_dir = str(self.runs[target].run_dir)
         steps = ["--all-steps"] if spec.over_steps else []
-        ev = self.add("eval", key, [recipe, over, target_dir, spec.over_steps],
-                      lambda d: ["eval", recipe, *over, "--checkpoint", target_dir, *steps, "--out", str(d),
-                                 "--label", label], [target])
-        return label, ev
+        return self.add("eval", key, [recipe, over, target_dir, spec.over_steps],
+                        lambda d: ["eval", recipe, *over, "--checkpoint", target_dir, *steps, "--out", str(d),
+                                   "--label", label], [target])
 
-    def finding(self, fid: str, f: Finding) -> list[Member]:
-        """Per level (up to the budget's max_levels): its pretraining, the evals before RL, and
-        per seed the RL run and its evals."""
+    def evals_of(self, fid: str) -> list[tuple[str, EvalSpec]]:
+        """(label, spec) of every eval of the finding's runs: the study's final eval first."""
+        f = self.cfg.findings[fid]
+        out = [(FINAL, self.cfg.final_eval)] if self.cfg.final_eval else []
+        return out + [(spec.label or f"eval{i}", spec) for i, spec in enumerate(f.evals)]
+
+    def finding(self, fid: str) -> list[Member]:
+        """Per level (up to the budget's max_levels) and pretraining seed: its pretraining,
+        calibration and evals before RL, and per RL seed the RL run and its evals."""
+        f = self.cfg.findings[fid]
         levels = list(f.levels.items())
         if self.budget.max_levels > 0:
             levels = levels[: self.budget.max_levels]
+        evals = self.evals_of(fid)
         members: list[Member] = []
         for label, level in levels:
             pre_name = level.pretrain or f.pretrain
-            pre_key = self.pretraining(pre_name)
             rl_recipe = _recipe(level.rl_recipe or f.rl_recipe, f"finding {fid} RL")
-            before: dict[str, str] = {}
-            for i, spec in enumerate(f.evals):
-                if spec.before:
-                    lbl, ev = self.evaluation(f"eval/pretrain/{pre_name}/{spec.label or f'eval{i}'}", i, f, pre_key)
-                    before[lbl] = ev
-            for seed in range(self.cfg.seeds):
-                over = [*f.rl, *level.rl, *self.budget.rl, f"model.init={self.runs[pre_key].run_dir}", f"seed={seed}"]
-                rl_key = self.add("rl", f"rl/{fid}/{label}/seed-{seed}", [rl_recipe, over],
-                                  lambda d, r=rl_recipe, o=over: ["rl", r, *o, f"run_dir={d}"], [pre_key], level.cost)
-                m = Member(label, seed, rl_key, before=dict(before))
-                for i, spec in enumerate(f.evals):
-                    lbl = spec.label or f"eval{i}"
-                    m.evals[lbl] = self.evaluation(f"eval/{fid}/{label}/seed-{seed}/{lbl}", i, f, rl_key)[1]
-                members.append(m)
+            for pseed in self.cfg.pretrain_seeds:
+                pre_key = self.pretraining(pre_name, pseed)
+                cal_key = self.calibration(pre_name, pseed, pre_key)
+                before = {lbl: self.evaluation(f"eval/pretrain/{pre_name}/seed-{pseed}/{lbl}", spec, lbl, pre_key)
+                          for lbl, spec in evals if lbl == FINAL or spec.before}
+                for seed in range(self.cfg.seeds):
+                    over = [*f.rl, *level.rl, *self.budget.rl, f"model.init={self.runs[pre_key].run_dir}",
+                            f"seed={seed}"]
+                    name = f"rl/{fid}/{label}/pretrain-{pseed}/seed-{seed}"
+                    rl_key = self.add("rl", name, [rl_recipe, over],
+                                      lambda d, r=rl_recipe, o=over: ["rl", r, *o, f"run_dir={d}"], [pre_key],
+                                      level.cost)
+                    m = Member(label, seed, rl_key, before=dict(before), pretrain_seed=pseed, pretrain=pre_key,
+                               calibration=cal_key)
+                    for lbl, spec in evals:
+                        m.evals[lbl] = self.evaluation(f"eval/{name[3:]}/{lbl}", spec, lbl, rl_key)
+                    members.append(m)
         return members
 
 
@@ -228,13 +270,8 @@ def validate_runs(plan: StudyPlan) -> None:
     """Load every run's recipe with its overrides through the command's own schema, so a typo
     in a level's override fails before the study starts (as `sweep` does for its points)."""
     for r in plan.runs:
-        recipe, overrides = r.argv[2 if r.stage == "data" else 1], []
-        for arg in r.argv[3 if r.stage == "data" else 2 :]:
-            if arg.startswith("--"):
-                break
-            overrides.append(arg)
         try:
-            load_recipe(schema_for_recipe(recipe), recipe, overrides)
+            run_config(r.argv)
         except UserError as e:
             raise UserError(f"study {plan.cfg.name!r}, run {r.key}: {e}") from None
 
@@ -243,6 +280,8 @@ def write_plan(plan: StudyPlan) -> Path:
     """study.yaml (resolved) and plan.json (every run and each finding's members) in the study folder."""
     plan.study_dir.mkdir(parents=True, exist_ok=True)
     (plan.study_dir / "study.yaml").write_text(to_yaml(plan.cfg))
+    if plan.cfg.expectations:  # the report reads the copy: what was expected when the study ran
+        shutil.copyfile(resolve_path(plan.cfg.expectations), plan.study_dir / EXPECTATIONS_FILE)
     tmp = plan.study_dir / "plan.json.tmp"
     tmp.write_text(json.dumps(plan.to_dict(), indent=1))
     os.replace(tmp, plan.study_dir / "plan.json")
@@ -251,14 +290,16 @@ def write_plan(plan: StudyPlan) -> Path:
 
 def describe(plan: StudyPlan, done: set[str]) -> str:
     """The plan as text: counts per stage, then every run with its state and command line."""
-    lines = [f"study {plan.cfg.name} (budget {plan.budget}, {plan.cfg.seeds} seed(s)): "
-             f"{len(plan.runs)} runs, {len(done)} done; folder {plan.study_dir}"]
+    lines = [f"study {plan.cfg.name} (budget {plan.budget}, {len(plan.cfg.pretrain_seeds)} pretraining seed(s) x "
+             f"{plan.cfg.seeds} RL seed(s)): {len(plan.runs)} runs, {len(done)} done; folder {plan.study_dir}"]
+    if plan.cfg.tuning:
+        lines.append(f"  tuning: {plan.cfg.tuning}")
     for fid, members in plan.members.items():
         f = plan.cfg.findings[fid]
         levels = list(dict.fromkeys(m.level for m in members))
         shared = sum(not m.rl.startswith(f"rl/{fid}/") for m in members)
-        lines.append(f"  {fid} {f.title}: {f.factor} in {levels} x {plan.cfg.seeds} seed(s) = {len(members)} RL "
-                     f"run(s)" + (f", {shared} shared with an earlier finding" if shared else ""))
+        lines.append(f"  {fid} {f.title}: {f.factor} in {levels} x {len(plan.cfg.pretrain_seeds)} x {plan.cfg.seeds} "
+                     f"seed(s) = {len(members)} RL run(s)" + (f", {shared} shared with an earlier finding" if shared else ""))
     for stage in STAGES:
         stage_runs = plan.by_stage(stage)
         lines.append(f"[{stage}] {len(stage_runs)} run(s), {sum(r.key in done for r in stage_runs)} done")

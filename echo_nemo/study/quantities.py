@@ -9,10 +9,16 @@ rows (metrics.jsonl), whose held-out greedy evals during RL log `eval/format/<f>
 Shares are of solution formats among all generations (`other` counts in the denominator
 and never wins), by default of the greedy generations (`mode="greedy"`), else the sampled.
 Epochs count passes over the RL prompt set: epochs(step) = step * prompts_per_step / set_size.
+
+`QUANTITIES` registers them by the names expectations use, each a function of one
+`RunRecord`, the eval label it reads (default `final`: the study's final eval, the same for
+every level and algorithm) and the benchmark.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from echo_nemo.study.measures import (
@@ -136,3 +142,74 @@ def share_instability(rows: list[dict], prefix: str = "eval/") -> float | None:
     path = [sh[fmt] for _, sh in logged]
     return sum(abs(b - a) for a, b in zip(path, path[1:])) / (len(path) - 1)
 
+
+
+@dataclass
+class RunRecord:
+    """One finished RL run as the report reads it: its level and seeds, its logged rows, the
+    results of each eval of its final model (label -> results.json, or the rows of an eval
+    over its checkpoints), the same evals of the pretrained model it started from, and what
+    epochs need (prompts per step, RL prompt-set size)."""
+
+    level: str
+    pretrain_seed: int
+    seed: int
+    rows: list[dict] = field(default_factory=list)
+    after: dict[str, Results] = field(default_factory=dict)
+    over_steps: dict[str, list[dict]] = field(default_factory=dict)
+    before: dict[str, Results] = field(default_factory=dict)
+    bench: str = "echolab"  # the RL run's held-out benchmark (acc/<bench>/pass@1 in `rows`)
+    prompts_per_step: int = 1
+    set_size: int = 1
+
+
+Quantity = Callable[[RunRecord, str, str], "float | None"]
+
+
+def _of(results: Results | None, bench: str) -> Results | None:
+    """The results when they hold `bench`, else None (that eval did not measure it)."""
+    return results if results and bench in results.get("benchmarks", {}) else None
+
+
+def _pair(r: RunRecord, label: str, bench: str) -> tuple[Results, Results] | None:
+    before, after = _of(r.before.get(label), bench), _of(r.after.get(label), bench)
+    return (before, after) if before and after else None
+
+
+def _after_only(fn: Callable[[Results, str], float]) -> Quantity:
+    def q(r: RunRecord, label: str, bench: str) -> float | None:
+        after = _of(r.after.get(label), bench)
+        return fn(after, bench) if after else None
+    return q
+
+
+def _before_after(fn: Callable[[Results, Results, str], float]) -> Quantity:
+    def q(r: RunRecord, label: str, bench: str) -> float | None:
+        pair = _pair(r, label, bench)
+        return fn(*pair, bench) if pair else None
+    return q
+
+
+# name -> (what it reads, function of (run record, eval label, benchmark)). What it reads:
+# "after" the eval `label` of the final model, "before+after" that eval of the pretrained
+# model too, "over_steps" the eval `label` over the run's checkpoints, "rows" the RL run's
+# own held-out evals (label and benchmark: the run's).
+QUANTITIES: dict[str, tuple[str, Quantity]] = {
+    "top_share_final": ("after", _after_only(top_share_final)),
+    "minority_share_final": ("after", _after_only(minority_share_final)),
+    "text_wins": ("after", _after_only(lambda a, b: wins(a, b, "text"))),
+    "acc_final": ("after", _after_only(acc_final)),
+    "top_share_change": ("before+after", _before_after(top_share_change)),
+    "text_share_change": ("before+after", _before_after(lambda b, a, bench: share_change(b, a, bench, "text"))),
+    "hard_acc_change": ("before+after", _before_after(acc_change)),
+    "passk_late_drop": ("over_steps", lambda r, label, bench: passk_late_drop(r.over_steps.get(label, []), bench)),
+    "collapse_epoch": ("rows", lambda r, label, bench: collapse_epoch(r.rows, r.prompts_per_step, r.set_size)),
+    "gain_window_distance": ("rows", lambda r, label, bench: gain_window_distance(
+        r.rows, r.bench, r.prompts_per_step, r.set_size)),
+    "share_instability": ("rows", lambda r, label, bench: share_instability(r.rows)),
+}
+
+
+def quantity(name: str, record: RunRecord, label: str, bench: str) -> float | None:
+    """The per-run value of a registered quantity (None: this run does not measure it)."""
+    return QUANTITIES[name][1](record, label, bench)

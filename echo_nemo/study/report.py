@@ -1,17 +1,26 @@
-"""The study report: a verdict table, then one section per finding with its figures.
+"""The study report: per finding the paper's claim and each pre-registered expectation's
+verdict with its interval, then the finding's figures.
 
 `build_study_report(STUDY_DIR, OUT)` reads the study folder `echo-nemo study` writes
-(plan.json names each finding's levels, seeds, RL runs and evals) and draws, per finding:
+(plan.json: each finding's levels, pretraining and RL seeds, runs and evals; expectations.yaml:
+the expectations the study ran with) and, per finding:
 
-- format share over RL steps: a panel per solution format, one colour per factor level,
-  the line the mean over seeds and the band their min-max;
-- held-out greedy accuracy over RL steps, same grouping;
-- pass@1 / pass@k / maj@k over RL steps where the finding evaluates every checkpoint;
-- per-format accuracy at the end of RL (bars per level, whiskers over seeds);
-- final format shares per level (stacked bars, mean over seeds).
+1. gathers every finished RL run as a `quantities.RunRecord` (its rows, the results of
+   its evals and of the same evals of the pretrained model it started from);
+2. per expectation: the quantity of every run, grouped by pretraining seed per level
+   (`expectations.group_runs`), the context its preconditions read (`context.context`:
+   calibration, accuracy before RL, the design), and the verdict (`expectations.evaluate`:
+   holds / does not hold / inconclusive / not testable here, with a bootstrap 95% CI over
+   pretraining and RL seeds, study.stats);
+3. its wall time from nothing: the sum of the wall times of every run it needs (data,
+   pretrainings, calibrations, RL runs, evals; each recorded when the run finished);
+4. figures: format share and held-out accuracy over RL steps (a line per level, the band
+   min-max over runs), pass@k over steps where an eval reads every checkpoint, pass@1 of
+   the pretrained models and after RL per eval measured before, per-format accuracy and
+   final shares.
 
-Runs that have not finished (no metrics yet) are left out and counted in the section.
-The verdict of each finding comes from echo_nemo.study.verdict (rules in its docstring).
+Writes index.html, findings.md (the same verdicts as markdown) and verdicts.json (a row
+per expectation). Runs not finished yet are left out and counted.
 """
 
 from __future__ import annotations
@@ -23,11 +32,22 @@ from pathlib import Path
 from typing import Any
 
 from echo_nemo.errors import UserError
+from echo_nemo.launch.status import DONE_MARKER
 from echo_nemo.metrics import read_metrics
 from echo_nemo.report import plots
 from echo_nemo.report.html import figure_html, table_html, write_page
-from echo_nemo.study.measures import SOLUTION_FORMATS, ks_logged, last_value, run_measures
-from echo_nemo.study.verdict import Seed, judge, pass1
+from echo_nemo.study.config import FINAL
+from echo_nemo.study.context import FindingView, context, pass1, prompt_set_size, read_json
+from echo_nemo.study.expectations import (
+    Evaluated,
+    Expectation,
+    evaluate,
+    group_runs,
+    load_expectations,
+)
+from echo_nemo.study.measures import SOLUTION_FORMATS, ks_logged, last_value, spread
+from echo_nemo.study.quantities import RunRecord, quantity, top_format
+from echo_nemo.study.quantities import shares as eval_shares
 
 
 def load_plan(study_dir: Path) -> dict[str, Any]:
@@ -40,59 +60,128 @@ def load_plan(study_dir: Path) -> dict[str, Any]:
         raise UserError(f"{str(path)!r} is not valid JSON: {e}") from None
 
 
-def _results(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{str(path)!r} is not valid JSON (expected the output of `echo-nemo eval`): {e}") from None
+def study_expectations(study_dir: Path, plan: dict[str, Any]) -> dict[str, Expectation]:
+    """The expectations the study ran with (its copy in the study folder); none if it has none."""
+    name = plan.get("expectations")
+    return load_expectations(study_dir / name) if name else {}
 
 
-def collect_finding(study_dir: Path, plan: dict[str, Any], fid: str) -> tuple[dict[str, list[Seed]], dict[str, list]]:
-    """The finding's levels (recipe order) -> Seeds with measures and evals, and -> RL rows
-    (for the figures). Runs without metrics are skipped."""
-    f = plan["findings"][fid]
-    over_steps = {r["key"] for r in plan["runs"] if "--all-steps" in r["argv"]}
-    levels: dict[str, list[Seed]] = {}
-    rows_of: dict[str, list] = {}
-    for m in f["members"]:
-        rows = read_metrics(study_dir / m["rl"])
-        levels.setdefault(m["level"], [])
-        rows_of.setdefault(m["level"], [])
+EPOCH_QUANTITIES = ("collapse_epoch", "gain_window_distance")  # they need the RL prompt set's size
+
+
+def collect_records(view: FindingView, epochs: bool = False) -> list[RunRecord]:
+    """Every finished RL run of the finding (rows logged) with its evals' results; with
+    `epochs`, the RL prompt set's size and prompts per step (loading the set)."""
+    records = []
+    for m in view.members:
+        rows = read_metrics(view.study_dir / m["rl"])
         if not rows:
             continue
-        seed = Seed(m["seed"], run_measures(rows, f["benchmark"], f.get("shares", "sampled")))
-        for key in m["evals"].values():
-            if key in over_steps:
-                seed.over_steps = read_metrics(study_dir / key)
-            else:
-                seed.after = _results(study_dir / key) or seed.after
-        for key in m["before"].values():
-            seed.before = _results(study_dir / key) or seed.before
-        levels[m["level"]].append(seed)
-        rows_of[m["level"]].append(rows)
-    return levels, rows_of
+        rec = RunRecord(m["level"], m.get("pretrain_seed", 0), m["seed"], rows, bench=view.finding["benchmark"])
+        if epochs:
+            c = view.config(m["rl"])
+            rec.prompts_per_step = c.rollout.prompts_per_step
+            rec.set_size = prompt_set_size(c.data.train, c.data.train_limit)
+        for label, key in m["evals"].items():
+            if "--all-steps" in view.runs[key]["argv"]:
+                rec.over_steps[label] = read_metrics(view.study_dir / key)
+            elif (res := read_json(view.study_dir / key / "results.json")) is not None:
+                rec.after[label] = res
+        for label, key in m["before"].items():
+            if (res := read_json(view.study_dir / key / "results.json")) is not None:
+                rec.before[label] = res
+        records.append(rec)
+    return records
 
 
-def finding_figures(fid: str, f: dict[str, Any], levels: dict[str, list[Seed]], rows_of: dict[str, list],
-                    out: Path) -> list[tuple[str, Path]]:
+def evaluate_finding(view: FindingView, records: list[RunRecord], expectations: dict[str, Expectation]
+                     ) -> list[tuple[Evaluated, dict[str, float | None]]]:
+    """Each of the finding's expectations evaluated on its runs, with the context it read."""
+    out = []
+    for name, e in expectations.items():
+        if e.finding != view.fid:
+            continue
+        bench = view.bench(e)
+        values = {lv: group_runs([(r.pretrain_seed, quantity(e.quantity, r, e.eval, bench))
+                                  for r in records if r.level == lv])
+                  for lv in view.finding["levels"]}
+        ctx = context(view, e)
+        out.append((evaluate(name, e, values, ctx), ctx))
+    return out
+
+
+def needed_runs(view: FindingView) -> list[str]:
+    """Every run the finding needs, from nothing: its RL runs, evals and calibrations and
+    what those need (pretrainings, data builds)."""
+    need = {k for m in view.members
+            for k in (m["rl"], *m["evals"].values(), *m["before"].values(), m.get("calibration") or m["rl"])}
+    for r in reversed(view.plan["runs"]):  # stage order: whatever a run needs comes earlier
+        if r["key"] in need:
+            need.update(r["after"])
+    return [r["key"] for r in view.plan["runs"] if r["key"] in need]
+
+
+def wall_time(view: FindingView) -> tuple[float, int, int]:
+    """(seconds summed over the finding's runs that recorded a wall time, those runs, all its runs)."""
+    total, timed = 0.0, 0
+    keys = needed_runs(view)
+    for key in keys:
+        marker = view.study_dir / key / DONE_MARKER
+        wall = json.loads(marker.read_text()).get("wall_s") if marker.is_file() else None
+        if isinstance(wall, int | float):
+            total, timed = total + wall, timed + 1
+    return total, timed, len(keys)
+
+
+def _clock(seconds: float) -> str:
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min"
+
+
+def verdict_row(fid: str, f: dict[str, Any], ev: Evaluated, seeds: str, wall: str) -> dict[str, str]:
+    e, o = ev.expectation, ev.outcome
+    iv = o.interval
+    return {"finding": f"{fid} {f['title']}", "expectation": ev.name, "paper's claim": e.claim or f["claim"],
+            "expected (before the runs)": f"{e.expectation} ({e.compared()} {'>' if e.direction > 0 else '<'} "
+                                          f"{e.null_value:g}, effect {e.effect:g})",
+            "verdict": o.verdict,
+            "estimate [95% CI]": f"{iv.estimate:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] ({iv.runs} runs)" if iv else "-",
+            "why": o.reason, "seeds (pretraining x RL)": seeds, "finding's wall time": wall}
+
+
+def level_table(records: list[RunRecord], levels: list[str], bench: str) -> list[dict[str, str]]:
+    """Per level, descriptively: runs, the final eval's top formats and pass@1 before / after."""
+    rows = []
+    for lv in levels:
+        recs = [r for r in records if r.level == lv]
+        finals = [r.after[FINAL] for r in recs if bench in (r.after.get(FINAL) or {}).get("benchmarks", {})]
+        tops = [top_format(eval_shares(res, bench)) for res in finals]
+        counts = {fmt: sum(t[0] == fmt and t[1] > 0 for t in tops) for fmt in SOLUTION_FORMATS}  # all `other`: none
+        rows.append({"level": lv, "RL runs finished": str(len(recs)),
+                     "final top format (runs)": ", ".join(f"{k} x{v}" for k, v in counts.items() if v) or "-",
+                     "top share": spread([t[1] for t in tops]).text(),
+                     "pass@1 before RL": spread([pass1(r.before.get(FINAL), bench) for r in recs]).text("{:.3f}"),
+                     "pass@1 after RL": spread([pass1(res, bench) for res in finals]).text("{:.3f}")})
+    return rows
+
+
+def finding_figures(fid: str, f: dict[str, Any], records: list[RunRecord], out: Path) -> list[tuple[str, Path]]:
     bench = f["benchmark"]
     greedy = f.get("shares") == "greedy"
     prefix, what = ("eval/", "held-out greedy generations") if greedy else ("", "RL samples")
+    rows_of = {lv: [r.rows for r in records if r.level == lv] for lv in f["levels"]}
     figs: list[tuple[str, Path | None]] = [
-        (f"{fid}: format share of the {what} over RL steps, by {f['factor']} (mean, band: min-max over seeds)",
+        (f"{fid}: format share of the {what} over RL steps, by {f['factor']} (mean, band: min-max over runs)",
          plots.plot_level_bands(rows_of, [(f"{prefix}format/{x}/share", x) for x in SOLUTION_FORMATS],
                                 out / f"{fid}_format_share.png", f"{fid} {f['title']}: format share", f"share of {what}")),
         (f"{fid}: held-out greedy accuracy over RL steps, by {f['factor']}",
          plots.plot_level_bands(rows_of, [(f"acc/{bench}/pass@1", f"{bench} pass@1 (greedy)")],
                                 out / f"{fid}_accuracy.png", f"{fid}: accuracy", "accuracy")),
     ]
-    evals = {lv: [s.over_steps for s in seeds if s.over_steps] for lv, seeds in levels.items()}
-    eval_rows = [r for runs in evals.values() for rows in runs for r in rows]
-    benches = sorted({k.split("/")[1] for r in eval_rows for k in r if k.startswith("acc/")})
-    for b in benches:
+    evals = {lv: [rows for r in records if r.level == lv for rows in r.over_steps.values() if rows]
+             for lv in f["levels"]}
+    eval_rows = [row for runs in evals.values() for rows in runs for row in rows]
+    for b in sorted({k.split("/")[1] for r in eval_rows for k in r if k.startswith("acc/")}):
         ks, majs = ks_logged(eval_rows, b), ks_logged(eval_rows, b, "maj")
         panels = [(f"acc/{b}/pass@1", "pass@1")]
         panels += [(f"acc/{b}/pass@{ks[-1]}", f"pass@{ks[-1]}")] if ks and ks[-1] > 1 else []
@@ -100,56 +189,104 @@ def finding_figures(fid: str, f: dict[str, Any], levels: dict[str, list[Seed]], 
         figs.append((f"{fid}: {b} pass@k over RL steps (every kept checkpoint evaluated)",
                      plots.plot_level_bands(evals, panels, out / f"{fid}_pass_at_k_{b}.png",
                                             f"{fid}: {b} over RL steps", "accuracy")))
-    if any(s.before for seeds in levels.values() for s in seeds):
-        pairs = {lv: ([v for s in seeds if (v := pass1(s.before, bench)) is not None],
-                      [v for s in seeds if (v := pass1(s.after, bench)) is not None]) for lv, seeds in levels.items()}
-        figs.append((f"{fid}: {bench} pass@1 of the pretrained model and after RL (whiskers: min-max over seeds)",
-                     plots.plot_before_after(pairs, out / f"{fid}_before_after_{bench}.png",
-                                             f"{fid}: {bench} before / after RL", "pass@1")))
+    for label in dict.fromkeys(lbl for r in records for lbl in r.before):
+        for b in sorted({b for r in records for b in (r.before.get(label) or {}).get("benchmarks", {})}):
+            pairs = {lv: ([v for r in records if r.level == lv and (v := pass1(r.before.get(label), b)) is not None],
+                          [v for r in records if r.level == lv and (v := pass1(r.after.get(label), b)) is not None])
+                     for lv in f["levels"]}
+            figs.append((f"{fid}: {b} pass@1 (eval {label}) of the pretrained models and after RL "
+                         "(whiskers: min-max over runs)",
+                         plots.plot_before_after(pairs, out / f"{fid}_before_after_{label}_{b}.png",
+                                                 f"{fid}: {b} before / after RL", "pass@1")))
     acc = {lv: {x: [v for rows in runs if (v := last_value(rows, f"{prefix}format/{x}/acc")) is not None]
                 for x in SOLUTION_FORMATS} for lv, runs in rows_of.items()}
     share = {lv: {x: [last_value(rows, f"{prefix}format/{x}/share") or 0.0 for rows in runs] for x in SOLUTION_FORMATS}
              for lv, runs in rows_of.items()}
-    figs.append((f"{fid}: accuracy within each format at the last RL step (bars: mean, whiskers: min-max over seeds)",
+    figs.append((f"{fid}: accuracy within each format at the last RL step (bars: mean, whiskers: min-max over runs)",
                  plots.plot_level_bars(acc, out / f"{fid}_format_acc.png", f"{fid}: per-format accuracy", "accuracy")))
-    figs.append((f"{fid}: final format shares of the {what} per level (mean over seeds)",
+    figs.append((f"{fid}: final format shares of the {what} per level (mean over runs)",
                  plots.plot_level_bars(share, out / f"{fid}_final_share.png", f"{fid}: final shares", "share",
                                        stacked=True)))
     return [(c, p) for c, p in figs if p is not None]
 
 
+def _section_html(fid: str, f: dict[str, Any], rows: list[dict[str, str]], contexts: list[dict], finished: int,
+                  levels: list[dict[str, str]], figures: list[tuple[str, Path]], seeds: str, wall: str) -> str:
+    parts = [f"<h2 id='{html.escape(fid)}'>{html.escape(fid)}: {html.escape(f['title'])}</h2>",
+             f"<p><b>The paper's claim:</b> {html.escape(f['claim'])}<br><b>Factor:</b> {html.escape(f['factor'])} in "
+             f"{html.escape(', '.join(f['levels']))}; seeds {seeds} (pretraining x RL); {finished} of "
+             f"{len(f['members'])} RL runs finished; wall time from nothing: {html.escape(wall)}; "
+             f"format shares in the figures: {html.escape(f.get('shares', 'sampled'))}</p>"]
+    if f.get("notes"):
+        parts.append(f"<p><i>{html.escape(f['notes'])}</i></p>")
+    for row, ctx in zip(rows, contexts):
+        measured = "; ".join(f"{k} = {'not measured' if v is None else f'{v:.3g}'}" for k, v in ctx.items())
+        parts.append(f"<p><b>{html.escape(row['expectation'])}</b>: {html.escape(row['expected (before the runs)'])}"
+                     f"<br><b>Verdict:</b> {html.escape(row['verdict'])} — {html.escape(row['estimate [95% CI]'])}; "
+                     f"{html.escape(row['why'])}" + (f"<br>Context: {html.escape(measured)}" if measured else "")
+                     + "</p>")
+    parts.append(table_html(levels))
+    parts += [figure_html(c, p) for c, p in figures]
+    return "".join(parts)
+
+
+def findings_markdown(plan: dict[str, Any], sections: list[tuple[str, dict[str, Any], list[dict[str, str]], str]]
+                      ) -> str:
+    """findings.md: per finding the claim, then per expectation what was expected, the
+    verdict, the estimate with its interval, why, the seeds and the finding's wall time."""
+    lines = [f"# Findings of study {plan['name']} ({plan['budget']})", ""]
+    if plan.get("tuning"):
+        lines += [f"RL hyperparameters: {plan['tuning']}", ""]
+    for fid, f, rows, wall in sections:
+        lines += [f"## {fid}: {f['title']}", "", f"The paper's claim: {f['claim']}", "",
+                  f"Wall time from nothing: {wall}", ""]
+        if not rows:
+            lines += ["No expectation names this finding.", ""]
+            continue
+        lines += ["| expectation | expected (before the runs) | verdict | estimate [95% CI] | why | seeds |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            cells = [r["expectation"], r["expected (before the runs)"], r["verdict"], r["estimate [95% CI]"], r["why"],
+                     r["seeds (pretraining x RL)"]]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write the figures and index.html (verdict table + a section per finding); returns its path."""
+    """Write the figures, index.html, findings.md and verdicts.json; returns index.html's path."""
     study_dir, out = Path(study_dir), Path(out_dir)
     plan = load_plan(study_dir)
+    expectations = study_expectations(study_dir, plan)
     out.mkdir(parents=True, exist_ok=True)
-    verdicts, sections = [], []
+    verdicts, html_sections, md_sections = [], [], []
     for fid, f in plan["findings"].items():
-        levels, rows_of = collect_finding(study_dir, plan, fid)
-        if fid not in plan.get("selected", plan["findings"]) and not any(levels.values()):
+        view = FindingView(study_dir, plan, fid)
+        records = collect_records(view, any(e.finding == fid and e.quantity in EPOCH_QUANTITIES
+                                            for e in expectations.values()))
+        if fid not in plan.get("selected", plan["findings"]) and not records:
             continue  # neither asked for this time nor run before (e.g. by an earlier --only)
-        v = judge(f["verdict"], levels, f["benchmark"])
-        finished = sum(len(s) for s in levels.values())
-        verdicts.append({"finding": f"{fid} {f['title']}", "paper's claim": f["claim"],
-                         "measured": v.measured, "seeds": v.seeds, "runs": f"{finished}/{len(f['members'])}",
-                         "verdict": v.verdict})
-        parts = [f"<h2 id='{html.escape(fid)}'>{html.escape(fid)}: {html.escape(f['title'])}</h2>",
-                 f"<p><b>Claim:</b> {html.escape(f['claim'])}<br><b>Factor:</b> {html.escape(f['factor'])} in "
-                 f"{html.escape(', '.join(f['levels']))}; {finished} of {len(f['members'])} RL runs finished; "
-                 f"format shares: {html.escape(f.get('shares', 'sampled'))}<br>"
-                 f"<b>Verdict:</b> {html.escape(v.verdict)} ({html.escape(f['verdict'])} rule) — "
-                 f"{html.escape(v.measured)}</p>"]
-        if f.get("notes"):
-            parts.append(f"<p><i>{html.escape(f['notes'])}</i></p>")
-        parts += [figure_html(c, p) for c, p in finding_figures(fid, f, levels, rows_of, out)]
-        sections.append("".join(parts))
+        seconds, timed, total = wall_time(view)
+        wall = _clock(seconds) + (f" ({total - timed} of {total} runs not timed yet)" if timed < total else "")
+        seeds = f"{len(plan.get('pretrain_seeds', [0]))} x {plan['seeds']}"
+        evaluated = evaluate_finding(view, records, expectations)
+        rows = [verdict_row(fid, f, ev, seeds, wall) for ev, _ in evaluated]
+        verdicts += rows
+        html_sections.append(_section_html(fid, f, rows, [c for _, c in evaluated], len(records),
+                                           level_table(records, f["levels"], view.eval_bench(FINAL)),
+                                           finding_figures(fid, f, records, out), seeds, wall))
+        md_sections.append((fid, f, rows, wall))
     title = f"echo-nemo study {plan['name']} ({plan['budget']})"
+    summary = [{k: r[k] for k in ("finding", "expectation", "verdict", "estimate [95% CI]", "why")} for r in verdicts]
     page = [f"<h1>{html.escape(title)}</h1>",
-            f"<p>Study folder: {html.escape(str(study_dir))}; {plan['seeds']} seed(s) per level; shares are of the "
-            "RL samples (the run's sampling temperature) unless a finding says greedy (its held-out greedy eval); "
-            "accuracy is the held-out greedy pass@1 the RL run logs.</p>",
-            "<h2>Verdicts</h2>", f"<div class='verdicts'>{table_html(verdicts)}</div>",
-            "<p>Rules: echo_nemo/study/verdict.py (a rule of several parts holds when all measured parts do, "
-            "does not hold when none do, else mixed).</p>", *sections]
+            f"<p>Study folder: {html.escape(str(study_dir))}; {len(plan.get('pretrain_seeds', [0]))} pretraining "
+            f"seed(s) x {plan['seeds']} RL seed(s) per level. "
+            + (f"RL hyperparameters: {html.escape(plan['tuning'])}. " if plan.get("tuning") else "")
+            + "Every verdict follows a pre-registered expectation (expectations.yaml in the study folder): "
+            "holds when the 95% interval (hierarchical bootstrap over pretraining and RL seeds) excludes the null "
+            "on the expected side, does not hold when it excludes the expected effect, inconclusive otherwise, "
+            "not testable here when a precondition fails (echo_nemo/study/stats.py).</p>",
+            "<h2>Verdicts</h2>", f"<div class='verdicts'>{table_html(summary)}</div>", *html_sections]
     (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2))
+    (out / "findings.md").write_text(findings_markdown(plan, md_sections))
     return write_page(out, title, page)

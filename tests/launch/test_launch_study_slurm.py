@@ -19,8 +19,10 @@ def test_smoke_study_runs_stage_by_stage_under_slurm(slurm_cluster, tmp_path, cl
     study = tmp_path / "echolab" / "smoke"
     plan = json.loads((study / "plan.json").read_text())
     done = [r["key"] for r in plan["runs"] if is_done(study / r["key"])]
-    assert done == ["data/echo_tg_omi1_omi2", "pretrain/base", "rl/f1/grpo/seed-0"]  # f1's, nothing else
-    for stage in ("data", "pretrain", "rl"):  # each stage ran as its own SLURM job
+    assert done == ["data/echo_tg_omi1_omi2-fair", "pretrain/base/seed-0", "calibrate/base/seed-0",
+                    "rl/f1/grpo/pretrain-0/seed-0", "eval/pretrain/base/seed-0/final",
+                    "eval/f1/grpo/pretrain-0/seed-0/final"]  # f1's, nothing else
+    for stage in ("data", "pretrain", "calibrate", "rl", "eval"):  # each stage ran as its own SLURM job
         logs = list((study / "logs" / stage).glob("*/*_log.out"))
         assert logs and "[echo-nemo sweep]" in logs[0].read_text(), stage
-    assert "3/3 runs done" in r.stdout and (study / "report" / "verdicts.json").is_file()
+    assert "6/6 runs done" in r.stdout and (study / "report" / "verdicts.json").is_file()

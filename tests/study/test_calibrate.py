@@ -79,7 +79,7 @@ def pretrained(tmp_path_factory):
 @pytest.mark.slow  # a data build, a pretraining and a calibration: about a minute alone on 2 cores
 def test_calibration_of_a_pretrained_debug_model(pretrained, tmp_path):
     out = tmp_path / "cal"
-    r = subprocess.run([sys.executable, "-m", "echo_nemo.study.calibrate", str(pretrained), "limit=4",
+    r = subprocess.run([sys.executable, "-m", "echo_nemo.cli", "calibrate", str(pretrained), "limit=4",
                         "max_new_tokens=16", "batch_size=4", "samples=2", "--out", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -35,25 +35,17 @@ def test_collapse_step_needs_the_share_to_stay(tmp_path):
         rl_row(6, 0.0, 0.97, 0.0, acc=0.82),
     ])
     assert M.collapse_step(rows) == 4
-    assert M.final_top(rows) == ("llm_code", 0.97)
-    assert M.minority_share(rows) == pytest.approx(0.0)
     # acc 0.40 -> 0.55 (+0.15) -> 0.80 (+0.25) -> 0.82: the largest rise ends at step 5
     assert M.largest_gain_step(rows, "acc/echolab/pass@1") == 5
-    assert M.first_value(rows, "acc/echolab/pass@1") == 0.40
     assert M.last_value(rows, "acc/echolab/pass@1") == 0.82
-    m = M.run_measures(rows, "echolab")
-    assert (m["collapse_step"], m["top_format"], m["gain_step"], m["steps"]) == (4, "llm_code", 5, 6)
 
 
 def test_no_collapse_when_the_last_share_is_below_threshold(tmp_path):
     rows = write_rows(tmp_path / "rl", [rl_row(1, 0.3, 0.4, 0.3), rl_row(2, 0.5, 0.45, 0.05),
                                         rl_row(3, 0.6, 0.35, 0.0)])
     assert M.collapse_step(rows) is None
-    assert M.final_top(rows) == ("tinygsm", 0.6)
-    assert M.minority_share(rows) == pytest.approx(0.35)
     # `other` never counts as the top format: 70% unclassified, 20% text
     rows = write_rows(tmp_path / "other", [rl_row(1, 0.05, 0.05, 0.2)])
-    assert M.final_top(rows) == ("text", 0.2)
     assert M.collapse_step(rows, threshold=0.1) == 1 and M.collapse_step(rows) is None
 
 
@@ -64,13 +56,10 @@ def test_collapse_on_greedy_shares_and_at_first_step(tmp_path):
         {"step": 3, "eval/format/text/share": 1.0},
     ])
     assert M.collapse_step(rows, prefix="eval/") == 1
-    greedy, sampled = M.run_measures(rows, "echolab", "greedy"), M.run_measures(rows, "echolab")
-    assert (greedy["collapse_step"], greedy["top_format"], greedy["minority_share"]) == (1, "text", 0.0)
-    assert (sampled["collapse_step"], sampled["top_format"], sampled["top_share"]) == (None, "text", 0.2)
-    assert M.collapse_step(rows) is None and M.final_top(rows, "eval/") == ("text", 1.0)
+    assert M.collapse_step(rows) is None  # the sampled shares never stay >= 0.9
     rows = write_rows(tmp_path / "untrained", [rl_row(1, 0.0, 0.0, 0.0)])  # all `other`
-    assert M.final_top(rows) == (None, 0.0) and M.collapse_step(rows, threshold=0.0) is None
-    assert M.collapse_step([]) is None and M.minority_share([]) is None and M.final_top([]) == (None, None)
+    assert M.collapse_step(rows, threshold=0.0) is None
+    assert M.collapse_step([]) is None
 
 
 def test_pass_at_k_over_steps_from_an_eval_over_steps_file(tmp_path):
@@ -93,17 +82,3 @@ def test_spread_over_seeds():
     assert (s.n, s.mean, s.sd, s.lo, s.hi) == (3, 6.0, 2.0, 4.0, 8.0)
     assert s.text("{:.1f}") == "6.0 ± 2.0 (n=3)"
     assert M.spread([0.5]).sd == 0.0 and M.spread([None]).n == 0 and M.spread([]).text() == "–"
-
-
-def test_a_level_with_no_runs_yet_is_not_a_split_level():
-    from echo_nemo.study.verdict import NOT_HOLDS, NOT_MEASURED, Seed, judge
-
-    def run(fmt: str) -> Seed:
-        return Seed(0, {"top_format": fmt, "top_share": 0.9, "acc_last": 0.5})
-
-    v = judge("mixture", {"1x": [run("llm_code")], "4x": [], "8x": []}, "echolab")
-    assert v.verdict == NOT_MEASURED and v.measured.endswith("(no runs yet: 4x, 8x)")
-    v = judge("scale", {"tiny": [run("llm_code")], "small": [run("llm_code")], "big": []}, "echolab")
-    assert v.verdict == NOT_HOLDS and "big" not in v.measured.split(" (no runs")[0]
-    v = judge("scale", {"tiny": [run("llm_code")], "small": []}, "echolab")
-    assert v.verdict == NOT_MEASURED and v.measured == "needs two or more scales (no runs yet: small)"

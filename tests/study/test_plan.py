@@ -23,33 +23,75 @@ from echo_nemo.study.run import (
 )
 
 
-def test_plan_shares_pretraining_and_expands_levels_by_seed(tmp_path):
+def test_plan_shares_pretraining_and_expands_levels_by_pretraining_and_rl_seed(tmp_path):
     plan = plan_study(load_study(write_study(tmp_path)), tmp_path / "out")
-    keys = {s: [r.key for r in plan.by_stage(s)] for s in ("data", "pretrain", "rl", "eval")}
-    assert keys["data"] == ["data/echo_tg_omi1_omi2", "data/echo_tg_omi1_4xomi2"]
-    assert keys["pretrain"] == ["pretrain/base", "pretrain/text4x"]  # base once, for f1, f3, f4, f6
-    # f1 3 + f3 2x3 + f4 3x3 + f5 3 + f6 ppo 3 (its grpo runs are f1's: same recipe, overrides, seed);
-    # evals: f4 3x3 over steps, f5 3 after RL + 1 of the pretrained model (shared by its seeds)
-    assert len(keys["rl"]) == 24 and len(keys["eval"]) == 13
-    assert "eval/pretrain/base/hard" in keys["eval"]
-    assert [m.before for m in plan.members["f5"]] == [{"hard": "eval/pretrain/base/hard"}] * 3
-    assert [m.rl for m in plan.members["f6"] if m.level == "grpo"] == [f"rl/f1/grpo/seed-{s}" for s in range(3)]
-    assert [(m.level, m.seed) for m in plan.members["f4"]] == [(lv, s) for lv in ("0", "0.1", "1.0") for s in range(3)]
+    keys = {s: [r.key for r in plan.by_stage(s)] for s in ("data", "pretrain", "calibrate", "rl", "eval")}
+    assert keys["data"] == ["data/echo_tg_omi1_omi2", "data/echo_tg_omi1_4xomi2"]  # shared by the seeds
+    # each pretraining once per pretraining seed (base for f1, f3, f4, f5, f6), each calibrated
+    assert keys["pretrain"] == [f"pretrain/{p}/seed-{s}" for p in ("base", "text4x") for s in (0, 1)]
+    assert keys["calibrate"] == [f"calibrate/{p}/seed-{s}" for p in ("base", "text4x") for s in (0, 1)]
+    # (f1 1 + f3 2 + f4 3 + f5 1 + f6 ppo 1 levels) x 2 pretraining seeds x 3 RL seeds (f6's grpo runs are f1's)
+    assert len(keys["rl"]) == 8 * 2 * 3
+    # evals: the final eval of every RL run (48) and of every pretrained model (4); f4's over
+    # steps (18); f5's hard set after RL (6) and of its pretrained models (2)
+    assert len(keys["eval"]) == 48 + 4 + 18 + 6 + 2
+    assert [(m.level, m.pretrain_seed, m.seed) for m in plan.members["f4"]] == [
+        (lv, p, s) for lv in ("0", "0.1", "1.0") for p in (0, 1) for s in range(3)]
+    m = plan.members["f5"][4]  # pretraining seed 1, RL seed 1
+    assert (m.rl, m.pretrain, m.calibration) == ("rl/f5/easy/pretrain-1/seed-1", "pretrain/base/seed-1",
+                                                 "calibrate/base/seed-1")
+    assert m.before == {"final": "eval/pretrain/base/seed-1/final", "hard": "eval/pretrain/base/seed-1/hard"}
+    assert m.evals == {"final": "eval/f5/easy/pretrain-1/seed-1/final", "hard": "eval/f5/easy/pretrain-1/seed-1/hard"}
+    assert [m.rl for m in plan.members["f6"] if m.level == "grpo"] == [
+        f"rl/f1/grpo/pretrain-{p}/seed-{s}" for p in (0, 1) for s in range(3)]
     runs = {r.key: r for r in plan.runs}
-    base = str(plan.study_dir / "pretrain" / "base")
-    rl = runs["rl/f4/0.1/seed-2"]
-    assert rl.after == ["pretrain/base"]
+    base1 = str(plan.study_dir / "pretrain" / "base" / "seed-1")
+    rl = runs["rl/f4/0.1/pretrain-1/seed-2"]
+    assert rl.after == ["pretrain/base/seed-1"]
     assert rl.argv == ["rl", str(REPO / "recipes/rl/quickstart_smoke.yaml"), "eval_every=1", "kl.coef=0.1",
-                       f"model.init={base}", "seed=2", f"run_dir={plan.study_dir / 'rl/f4/0.1/seed-2'}"]
-    assert f"model.init={plan.study_dir / 'pretrain' / 'text4x'}" in runs["rl/f3/4x/seed-0"].argv
-    pre = runs["pretrain/text4x"]
-    assert f"data.shards={plan.study_dir / 'data' / 'echo_tg_omi1_4xomi2'}" in pre.argv and pre.after == [
-        "data/echo_tg_omi1_4xomi2"]
-    ev = runs["eval/f4/1.0/seed-0/steps"]
-    assert ev.after == ["rl/f4/1.0/seed-0"] and "--all-steps" in ev.argv
-    assert ev.argv[ev.argv.index("--checkpoint") + 1] == str(plan.study_dir / "rl/f4/1.0/seed-0")
+                       f"model.init={base1}", "seed=2", f"run_dir={plan.study_dir / 'rl/f4/0.1/pretrain-1/seed-2'}"]
+    pre = runs["pretrain/text4x/seed-1"]
+    assert "train.seed=1" in pre.argv and pre.after == ["data/echo_tg_omi1_4xomi2"]
+    assert f"data.shards={plan.study_dir / 'data' / 'echo_tg_omi1_4xomi2'}" in pre.argv
+    cal = runs["calibrate/text4x/seed-0"]
+    assert cal.after == ["pretrain/text4x/seed-0"] and cal.argv == [
+        "calibrate", str(plan.study_dir / "pretrain/text4x/seed-0"), "limit=4", "--out", str(cal.run_dir)]
+    final = runs["eval/f3/4x/pretrain-0/seed-2/final"]
+    assert final.after == ["rl/f3/4x/pretrain-0/seed-2"] and "limit=10" in final.argv and "--all-steps" not in final.argv
+    assert final.argv[-2:] == ["--label", "final"]
+    before = runs["eval/pretrain/text4x/seed-0/final"]
+    assert before.after == ["pretrain/text4x/seed-0"] and before.argv[1] == final.argv[1]  # the same eval
+    ev = runs["eval/f4/1.0/pretrain-0/seed-0/steps"]
+    assert ev.after == ["rl/f4/1.0/pretrain-0/seed-0"] and "--all-steps" in ev.argv
     assert plan.study_dir == (tmp_path / "out" / "mini" / "full").resolve()
+    saved = json.loads(write_plan(plan).read_text())
+    assert saved["pretrain_seeds"] == [0, 1] and saved["final_eval"] == "final"
+    assert saved["tuning"].startswith("RL hyperparameters tuned") and saved["expectations"] == "expectations.yaml"
+    assert (plan.study_dir / "expectations.yaml").read_text().startswith("\nexpectations:")
 
+
+def test_a_budget_sets_its_seeds_and_calibration_and_the_command_line_wins(tmp_path):
+    recipe = write_study(tmp_path)
+    plan = plan_study(load_study(recipe, only=["f1"], budget="smoke"), tmp_path / "o")
+    assert plan.cfg.pretrain_seeds == [0] and plan.cfg.seeds == 3
+    assert [r.key for r in plan.by_stage("rl")] == [f"rl/f1/grpo/pretrain-0/seed-{s}" for s in range(3)]
+    (cal,) = plan.by_stage("calibrate")
+    assert cal.argv[2:4] == ["limit=4", "max_new_tokens=8"]  # the study's, then the budget's
+    text = STUDY.replace("pretrain_seeds: [0], calibration", "pretrain_seeds: [3, 4], seeds: 2, calibration")
+    plan = plan_study(load_study(write_study(tmp_path, text), only=["f1"], budget="smoke"), tmp_path / "o")
+    assert [r.key for r in plan.by_stage("rl")] == [f"rl/f1/grpo/pretrain-{p}/seed-{s}" for p in (3, 4) for s in (0, 1)]
+    plan = plan_study(load_study(write_study(tmp_path, text), only=["f1"], budget="smoke", seeds=1), tmp_path / "o")
+    assert len(plan.by_stage("rl")) == 2  # --seeds over the budget's
+    for bad, needle in (("pretrain_seeds: [0, 1]", "pretrain_seeds: [0, 0]"), ("pretrain_seeds: [0, 1]", "pretrain_seeds: []")):
+        with pytest.raises(UserError, match="pretrain_seeds must list distinct seeds"):
+            load_study(write_study(tmp_path, STUDY.replace(bad, needle)))
+
+
+def test_no_final_eval_plans_no_final_evals(tmp_path):
+    text = STUDY[: STUDY.index("final_eval:")] + STUDY[STUDY.index("pretrain:\n"):]
+    plan = plan_study(load_study(write_study(tmp_path, text, expectations="expectations: {}"), only=["f1"]),
+                      tmp_path / "o")
+    assert plan.by_stage("eval") == [] and all(m.evals == {} and m.before == {} for m in plan.members["f1"])
 
 
 def test_a_data_override_gets_its_own_build(tmp_path):
@@ -62,14 +104,15 @@ def test_a_data_override_gets_its_own_build(tmp_path):
     assert [r.key for r in plan.by_stage("data")] == ["data/echo_tg_omi1_omi2", "data/echo_tg_omi1_omi2__echolab.max_steps-5"]
     data = {r.key: r for r in plan.runs}["data/echo_tg_omi1_omi2__echolab.max_steps-5"]
     assert "echolab.max_steps=5" in data.argv
-    assert {r.key: r for r in plan.runs}["pretrain/text4x"].after == [data.key]
+    assert {r.key: r for r in plan.runs}["pretrain/text4x/seed-1"].after == [data.key]
 
 
 def test_only_seeds_and_budget_narrow_the_plan(tmp_path):
     recipe = write_study(tmp_path)
     plan = plan_study(load_study(recipe, only=["f4"], seeds=2, budget="smoke"), tmp_path)
-    assert [r.key for r in plan.by_stage("pretrain")] == ["pretrain/base"]
-    assert [r.key for r in plan.by_stage("rl")] == [f"rl/f4/{lv}/seed-{s}" for lv in ("0", "0.1") for s in (0, 1)]
+    assert [r.key for r in plan.by_stage("pretrain")] == ["pretrain/base/seed-0"]  # the budget's one seed
+    assert [r.key for r in plan.by_stage("rl")] == [f"rl/f4/{lv}/pretrain-0/seed-{s}" for lv in ("0", "0.1")
+                                                   for s in (0, 1)]
     assert all("steps=2" in r.argv for r in plan.by_stage("rl"))  # the budget's overrides come last
     assert plan.study_dir.name == "smoke"
     with pytest.raises(UserError, match="f9"):
@@ -98,15 +141,19 @@ def test_bad_study_recipes_exit_2_naming_the_problem(tmp_path, cli, old, new, ne
 
 def test_dry_run_prints_every_run_and_writes_nothing(tmp_path, cli):
     recipe = write_study(tmp_path)
-    res = cli("study", str(recipe), "--dry-run", "--only", "f1,f6", "--seeds", "2", "--out", str(tmp_path / "o"))
+    res = cli("study", str(recipe), "--dry-run", "--only", "f1,f6", "--seeds", "2", "--budget", "smoke",
+              "--out", str(tmp_path / "o"))
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert "f6 algorithms: algorithm in ['grpo', 'ppo'] x 2 seed(s) = 4 RL run(s), 2 shared" in out
-    for key in ("data/echo_tg_omi1_omi2", "pretrain/base", "rl/f1/grpo/seed-0", "rl/f1/grpo/seed-1",
-                "rl/f6/ppo/seed-0", "rl/f6/ppo/seed-1"):
+    assert "f6 algorithms: algorithm in ['grpo', 'ppo'] x 1 x 2 seed(s) = 4 RL run(s), 2 shared" in out
+    for key in ("data/echo_tg_omi1_omi2", "pretrain/base/seed-0", "calibrate/base/seed-0", "rl/f1/grpo/pretrain-0/seed-0",
+                "rl/f1/grpo/pretrain-0/seed-1", "rl/f6/ppo/pretrain-0/seed-0", "rl/f6/ppo/pretrain-0/seed-1",
+                "eval/pretrain/base/seed-0/final", "eval/f6/ppo/pretrain-0/seed-1/final"):
         assert f"todo {key}\n" in out
-    assert "[rl] 4 run(s), 0 done" in out and "rl/f6/grpo" not in out
-    assert "echo-nemo rl recipes/rl/quickstart_smoke.yaml eval_every=1 algorithm=ppo model.init=" in out
+    assert "[calibrate] 1 run(s), 0 done" in out and "[rl] 4 run(s), 0 done" in out and "rl/f6/grpo" not in out
+    assert "[eval] 5 run(s), 0 done" in out  # the final eval of 4 RL runs and of the pretrained model
+    assert "  tuning: RL hyperparameters tuned on pretraining seed 100\n" in out
+    assert "echo-nemo rl recipes/rl/quickstart_smoke.yaml eval_every=1 algorithm=ppo steps=2 model.init=" in out
     assert not (tmp_path / "o").exists()
 
 
@@ -152,18 +199,18 @@ def test_a_finished_run_whose_command_changed_is_refused(tmp_path, cli):
         [], ["echolab.max_steps=5"])
 
     # the recipe now pretrains longer than the finished run did
-    pre = {r.key: r for r in plan.runs}["pretrain/base"]
+    pre = {r.key: r for r in plan.runs}["pretrain/base/seed-0"]
     pre.run_dir.mkdir(parents=True)
     old_argv = [a for a in pre.argv if not a.startswith("train.steps=")] + ["train.steps=1"]
     (pre.run_dir / DONE_MARKER).write_text(json.dumps({"argv": old_argv, "run_dir": str(pre.run_dir)}))
     res = cli("study", str(recipe), "--only", "f3", "--seeds", "1", "--budget", "smoke", "--dry-run", "--out", str(moved))
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "pretrain/base: ran with train.steps=1" in res.stderr and "--reuse-done" in res.stderr
+    assert "pretrain/base/seed-0: ran with train.steps=1" in res.stderr and "--reuse-done" in res.stderr
     assert "data/" not in res.stderr  # the matching run is not named
     res = cli("study", str(recipe), "--only", "f3", "--seeds", "1", "--budget", "smoke", "--dry-run",
               "--reuse-done", "--out", str(moved))
     assert res.returncode == 0, res.stderr
-    assert "done pretrain/base" in res.stdout
+    assert "done pretrain/base/seed-0" in res.stdout
 
 
 def test_eta_scales_the_estimate_by_the_pace_so_far():
@@ -192,12 +239,13 @@ def test_a_costlier_level_counts_longer_and_starts_first(tmp_path):
     assert text != STUDY
     plan = plan_study(load_study(write_study(tmp_path, text), only=["f6"]), tmp_path / "o")
     rl = plan.by_stage("rl")
-    assert [r.key for r in rl][:3] == [f"rl/f1/grpo/seed-{s}" for s in range(3)]  # plan order
-    assert [r.key for r in launch_order(rl)] == (
-        [f"rl/f6/ppo/seed-{s}" for s in range(3)] + [f"rl/f1/grpo/seed-{s}" for s in range(3)])
+    grpo = [f"rl/f1/grpo/pretrain-{p}/seed-{s}" for p in (0, 1) for s in range(3)]
+    ppo = [f"rl/f6/ppo/pretrain-{p}/seed-{s}" for p in (0, 1) for s in range(3)]
+    assert [r.key for r in rl][:3] == grpo[:3]  # plan order
+    assert [r.key for r in launch_order(rl)] == ppo + grpo
     progress = Progress(plan, echo=lambda line: None)
     minutes = plan.cfg.budgets[plan.budget].minutes.rl
-    assert [progress.estimate(r) for r in launch_order(rl)] == [2.5 * minutes] * 3 + [minutes] * 3
+    assert [progress.estimate(r) for r in launch_order(rl)] == [2.5 * minutes] * 6 + [minutes] * 6
     with pytest.raises(UserError, match="level ppo: cost must be > 0"):
         load_study(write_study(tmp_path, text.replace("cost: 2.5", "cost: 0")))
 
@@ -212,13 +260,17 @@ def test_a_failed_run_skips_what_needs_it_and_the_report_is_still_written(tmp_pa
     (data.run_dir / DONE_MARKER).write_text("{}\n")  # marked done, but holds no shards: pretraining fails
     lines: list[str] = []
     progress = run_study(plan, "debug", echo=lines.append)
-    assert set(progress.failed) == {"pretrain/base", "rl/f1/grpo/seed-0", "rl/f1/grpo/seed-1"}
-    assert progress.failed["rl/f1/grpo/seed-0"] == "skipped: needs pretrain/base"
-    assert progress.failed["pretrain/base"].startswith("failed: ")
-    assert not is_done(plan.study_dir / "pretrain" / "base")
-    assert any("FAILED pretrain/base" in line for line in lines)
+    rl = ["rl/f1/grpo/pretrain-0/seed-0", "rl/f1/grpo/pretrain-0/seed-1"]
+    evals = ["eval/pretrain/base/seed-0/final"] + [f"eval/{k[3:]}/final" for k in rl]
+    assert set(progress.failed) == {"pretrain/base/seed-0", "calibrate/base/seed-0", *rl, *evals}
+    assert progress.failed[rl[0]] == "skipped: needs pretrain/base/seed-0"
+    assert progress.failed[evals[1]] == f"skipped: needs {rl[0]}"
+    assert progress.failed["pretrain/base/seed-0"].startswith("failed: ")
+    assert not is_done(plan.study_dir / "pretrain" / "base" / "seed-0")
+    assert any("FAILED pretrain/base/seed-0" in line for line in lines)
     verdicts = json.loads((plan.study_dir / "report" / "verdicts.json").read_text())
-    assert verdicts[0]["runs"] == "0/2" and verdicts[0]["verdict"] == "not measured"
+    assert [v["expectation"] for v in verdicts] == ["f1_collapse", "f1_epoch"]
+    assert all(v["verdict"] == "not testable here" and "level grpo: 0 run(s)" in v["why"] for v in verdicts)
 
 
 def test_run_names_do_not_depend_on_only(tmp_path):
@@ -229,9 +281,9 @@ def test_run_names_do_not_depend_on_only(tmp_path):
     whole = plan_study(load_study(recipe), tmp_path)
     assert list(alone.members) == ["f6"]
     assert sorted(r.key for r in alone.by_stage("rl")) == sorted(
-        [f"rl/f1/grpo/seed-{s}" for s in range(3)] + [f"rl/f6/ppo/seed-{s}" for s in range(3)])
+        [f"rl/{f}/pretrain-{p}/seed-{s}" for f in ("f1/grpo", "f6/ppo") for p in (0, 1) for s in range(3)])
     assert [r.key for r in alone.runs] == [r.key for r in whole.runs if r.key in {x.key for x in alone.runs}]
-    assert [r.key for r in alone.by_stage("pretrain")] == ["pretrain/base"]  # text4x is not needed
+    assert [r.key for r in alone.by_stage("pretrain")] == ["pretrain/base/seed-0", "pretrain/base/seed-1"]  # no text4x
     saved = json.loads(write_plan(alone).read_text())
     assert saved["selected"] == ["f6"] and list(saved["findings"]) == ["f1", "f3", "f4", "f5", "f6"]
 
@@ -261,7 +313,7 @@ def test_the_cores_are_divided_again_as_the_runs_side_by_side_change(tmp_path, m
     text = STUDY.replace("ppo: {rl: [algorithm=ppo]}", "ppo: {rl: [algorithm=ppo], cost: 2.5}")
     plan = plan_study(load_study(write_study(tmp_path, text), only=["f6"]), tmp_path / "o")
     by_key = {r.key: r for r in plan.by_stage("rl")}
-    ppo, grpo = by_key["rl/f6/ppo/seed-0"], by_key["rl/f1/grpo/seed-0"]
+    ppo, grpo = by_key["rl/f6/ppo/pretrain-0/seed-0"], by_key["rl/f1/grpo/pretrain-0/seed-0"]
     share = {r.key: _share_file(plan, r) for r in (ppo, grpo)}
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     _share_cores(plan, [grpo, ppo])
@@ -293,3 +345,24 @@ def test_a_runs_thread_count_depends_on_the_pool_not_on_timing_unless_cores_are_
     assert runs_side_by_side(1, 0, 3, False) == 0 and runs_side_by_side(1, 0, 3, True) == 0  # alone: its own setting
     # share_cores: a run starting alone at a stage's end gets every core
     assert [runs_side_by_side(2, running, queued, True) for running, queued in ((0, 5), (1, 0), (0, 0))] == [2, 2, 1]
+
+
+@pytest.mark.parametrize("old, new, needle", [
+    ("finding: f1\n    claim: one", "finding: f9\n    claim: one", "finding 'f9' is not in the study"),
+    ("contrast: [1x, 4x]", "contrast: [1x, 16x]", "contrast names ['16x'], not levels of f3"),
+    ("quantity: top_share_final", "quantity: top_share_finale", "quantity 'top_share_finale' is not one the report"),
+    ("eval: hard", "eval: harder", "reads eval 'harder', which finding f5 does not have"),
+    ("eval: steps", "eval: final", "passk_late_drop reads an eval over steps; eval 'final' is not one"),
+    ("design/checkpoints", "design/checkpoint", "precondition on 'design/checkpoint', which the study does not"),
+])
+def test_expectations_that_do_not_fit_the_study_exit_2_before_anything_runs(tmp_path, cli, old, new, needle):
+    from study_helpers import EXPECTATIONS
+
+    assert old in EXPECTATIONS
+    recipe = write_study(tmp_path, expectations=EXPECTATIONS.replace(old, new, 1))
+    res = cli("study", str(recipe), "--dry-run", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "o").exists()
+    missing = STUDY.replace("expectations: EXPECTATIONS", "expectations: nowhere.yaml")
+    with pytest.raises(UserError, match="expectations file 'nowhere.yaml' not found"):
+        load_study(write_study(tmp_path, missing))

@@ -59,3 +59,25 @@ def test_pass_at_k_late_drop_and_share_instability():
     zigzag = _rows([(0, 0.3, 0.2), (5, 0.9, 0.2), (10, 0.3, 0.2), (15, 0.9, 0.2)])
     assert Q.share_instability(steady) == pytest.approx(0.2)
     assert Q.share_instability(zigzag) == pytest.approx(0.6) and Q.share_instability(steady[:1]) is None
+
+
+def test_the_registry_reads_each_quantity_from_a_run_record():
+    """Every name the expectations use, from one RunRecord: the final eval's results before
+    and after RL, the RL rows, an eval over steps; a missing eval or benchmark gives None."""
+    rows = _rows([(0, 0.3, 0.2), (5, 0.4, 0.25), (10, 0.6, 0.3), (15, 0.92, 0.6), (20, 0.95, 0.62), (25, 0.97, 0.63)])
+    over = [{"step": s, "acc/echolab/pass@8": v} for s, v in [(0, 0.7), (10, 0.8), (20, 0.75)]]
+    rec = Q.RunRecord("1x", 1, 2, rows, after={"final": AFTER}, before={"final": BEFORE},
+                      over_steps={"steps": over}, prompts_per_step=16, set_size=160)
+    got = {name: Q.quantity(name, rec, "final", "echolab") for name in Q.QUANTITIES}
+    assert got == pytest.approx({
+        "top_share_final": 0.8, "minority_share_final": 0.15, "text_wins": 1.0, "acc_final": 0.7,
+        "top_share_change": 0.5, "text_share_change": 0.5, "hard_acc_change": 0.3,
+        "passk_late_drop": None, "collapse_epoch": 1.5, "gain_window_distance": 0.0, "share_instability": 0.134,
+    }, abs=1e-3)
+    assert got["passk_late_drop"] is None  # no eval over steps labelled `final`
+    assert Q.quantity("passk_late_drop", rec, "steps", "echolab") == pytest.approx(0.05)
+    assert Q.quantity("acc_final", rec, "hard", "echolab") is None  # no such eval
+    assert Q.quantity("acc_final", rec, "final", "echolab_step4") is None  # not measured on that benchmark
+    rec.before = {}
+    assert Q.quantity("text_share_change", rec, "final", "echolab") is None  # no eval of the pretrained model
+    assert Q.quantity("acc_final", rec, "final", "echolab") == 0.7

@@ -1,50 +1,56 @@
-"""A smoke study end to end through the local executor: two findings (collapse, algorithms),
-two seeds, the echo-lab recipe's smoke budget (debug model, a few steps: plumbing, no effect):
-data -> shared pretraining -> RL -> report with its verdict table; running it again redoes
-nothing."""
+"""The echo-lab study end to end under its smoke budget (debug model, a few steps: plumbing,
+no effect), every finding F1-F6 through the local executor: data -> pretraining ->
+calibration -> RL -> final and finding evals -> the report with every pre-registered
+expectation's verdict; running it again redoes nothing."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import yaml
 
 from echo_nemo.launch.submit import is_done
+from echo_nemo.study.stats import OUTCOMES
 
 
 @pytest.mark.slow
-def test_smoke_study_runs_end_to_end_and_resumes(tmp_path, cli):
-    args = ["study", "recipes/study/echolab.yaml", "--budget", "smoke", "--only", "f1,f6", "--seeds", "2",
-            "--cluster", "local", "--out", str(tmp_path)]
-    res = cli(*args, env={"OMP_NUM_THREADS": "1"})
+def test_smoke_study_runs_every_finding_end_to_end_and_resumes(tmp_path, cli):
+    args = ["study", "recipes/study/echolab.yaml", "--budget", "smoke", "--cluster", "local", "--out", str(tmp_path)]
+    res = cli(*args, env={"OMP_NUM_THREADS": "1"}, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     study = tmp_path / "echolab" / "smoke"
     plan = json.loads((study / "plan.json").read_text())
-    assert plan["selected"] == ["f1", "f6"]
-    rl = sorted({m["rl"] for fid in plan["selected"] for m in plan["findings"][fid]["members"]})
-    # f6's GRPO level is also f2's tiny, f3's 1x and f4's KL-0 level: its runs carry f2's name
-    assert rl == [f"rl/{f}/{lv}/seed-{s}" for f, lv in (("f1", "grpo"), ("f2", "tiny"), ("f6", "ppo")) for s in (0, 1)]
-    assert all(is_done(study / key) for key in rl)
-    # the smoke budget shares the cores again as runs finish: every RL run had a share file
-    shares = {key: study / "logs" / "threads" / key.replace("/", "__") for key in rl}
-    assert all(int(path.read_text()) in (1, 2) for path in shares.values()), shares
-    assert "8/8 runs done (data 1/1 pretrain 1/1 rl 6/6)" in res.stdout and "ETA" in res.stdout
-    for key in rl:  # real RL runs: a row per step with format shares, the final greedy eval
-        rows = [json.loads(line) for line in (study / key / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in rows] == [0, 1, 2, 3]  # 0: the pretrained model's eval
-        assert "format/llm_code/share" in rows[1] and "acc/echolab/pass@1" in rows[0] and "acc/echolab/pass@1" in rows[-1]
-    assert (study / "rl/f6/ppo/seed-0/config.yaml").read_text().count("algorithm: ppo") == 1
+    assert plan["selected"] == ["f1", "f2", "f3", "f4", "f5", "f6"] and plan["pretrain_seeds"] == [0]
+    runs = {r["key"]: r for r in plan["runs"]}
+    assert all(is_done(study / key) for key in runs)
+    n = {s: sum(r["stage"] == s for r in runs.values()) for s in ("data", "pretrain", "calibrate", "rl", "eval")}
+    assert f"{len(runs)}/{len(runs)} runs done (data {n['data']}/{n['data']} pretrain {n['pretrain']}/" \
+           f"{n['pretrain']} calibrate {n['calibrate']}/{n['calibrate']} rl {n['rl']}/{n['rl']}" in res.stdout
+    for key in (k for k, r in runs.items() if r["stage"] == "calibrate"):  # every format's forced accuracy
+        cal = json.loads((study / key / "calibration.json").read_text())
+        assert set(cal["formats"]) == {"tinygsm", "llm_code", "text"} and "calibration/gap_top2" in cal["context"]
+    for m in (m for f in plan["findings"].values() for m in f["members"]):  # one final eval before and after
+        assert (study / m["evals"]["final"] / "results.json").is_file()
+        assert (study / m["before"]["final"] / "results.json").is_file()
+        assert m["rl"].endswith(f"/pretrain-0/seed-{m['seed']}")
+    f4 = plan["findings"]["f4"]["members"][0]
+    assert len(json.loads((study / f4["rl"] / "metrics.jsonl").read_text().splitlines()[0])) > 1
+    assert (study / f4["evals"]["over_steps"] / "metrics.jsonl").is_file()
 
+    expectations = yaml.safe_load((study / "expectations.yaml").read_text())["expectations"]
+    rows = json.loads((study / "report" / "verdicts.json").read_text())
+    assert [r["expectation"] for r in rows] == list(expectations)  # every expectation, in order
+    assert all(r["verdict"] in OUTCOMES and r["seeds (pretraining x RL)"] == "1 x 2" for r in rows)
+    # f2 compares mini with small; the smoke budget plans the first two sizes only
+    f2 = next(r for r in rows if r["expectation"] == "f2_text_shift")
+    assert f2["verdict"] == "not testable here" and "level small: 0 run(s)" in f2["why"]
+    assert all("not timed yet" not in r["finding's wall time"] for r in rows)
+    md = (study / "report" / "findings.md").read_text()
     page = (study / "report" / "index.html").read_text()
-    verdicts = json.loads((study / "report" / "verdicts.json").read_text())
-    # the report gathers every finding with runs: f2, f3 and f4 too, partly (the shared level)
-    assert [v["finding"].split()[0] for v in verdicts] == ["f1", "f2", "f3", "f4", "f6"]
-    assert [v["runs"] for v in verdicts] == ["2/2", "2/4", "2/4", "2/4", "4/4"] and all(v["seeds"] == 2 for v in verdicts)
-    assert all(v["verdict"] in ("holds", "does not hold", "mixed", "not measured") for v in verdicts)
-    assert all("no runs yet" in v["measured"] for v in verdicts[1:4])
-    assert "<h2>Verdicts</h2>" in page and page.count("<td>" + verdicts[-1]["verdict"] + "</td>") >= 1
-    assert 'alt="f6_format_share.png"' in page and 'alt="f1_accuracy.png"' in page
+    for fid in plan["selected"]:
+        assert f"## {fid}:" in md and f"<h2 id='{fid}'>" in page and f'alt="{fid}_format_share.png"' in page
 
     again = cli(*args, env={"OMP_NUM_THREADS": "1"})
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming: 8 run(s) already done are skipped" in again.stdout and "stage rl" not in again.stdout
+    assert f"resuming: {len(runs)} run(s) already done are skipped" in again.stdout and "stage rl" not in again.stdout
