@@ -113,6 +113,35 @@ def logits_forward(model, tokens: torch.Tensor) -> torch.Tensor:
     return output_logits(gpt, decoder_layers(gpt, x, cos, sin, attend))
 
 
+class _SiluGLU(torch.autograd.Function):
+    """silu(g) * u of y = [g, u], whose backward writes dg and du into one [..., 2f] buffer
+    instead of concatenating them (the same ops otherwise: the same bits as autograd's)."""
+
+    @staticmethod
+    def forward(ctx, y):
+        g, u = y.chunk(2, dim=-1)
+        s = F.silu(g)
+        ctx.save_for_backward(g, u, s)
+        return s * u
+
+    @staticmethod
+    def backward(ctx, grad):
+        g, u, s = ctx.saved_tensors
+        dy = grad.new_empty(*grad.shape[:-1], 2 * grad.size(-1))
+        dg, du = dy.chunk(2, dim=-1)
+        torch.ops.aten.silu_backward.grad_input(grad * u, g, grad_input=dg)
+        torch.mul(grad, s, out=du)
+        return dy
+
+
+def swiglu(y: torch.Tensor, act) -> torch.Tensor:
+    """act(g) * u of the fused FC1 output y = [g, u] (its last dimension's halves)."""
+    if act is F.silu and torch.is_grad_enabled() and y.requires_grad:
+        return _SiluGLU.apply(y)
+    g, u = y.chunk(2, dim=-1)
+    return act(g) * u
+
+
 def decoder_layers(gpt, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend) -> torch.Tensor:
     """The transformer layers and the final norm over x [b, s, d] (cos, sin: [s, 1, 1, hn]
     RoPE tables of each position); `attend(q [b, heads, s, hn], k, v [b, groups, s, hn])`
@@ -136,8 +165,8 @@ def decoder_layers(gpt, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, a
         o = attend(q, k, v).reshape(b, s, groups * per * hn)
         x = x + _tp(F.linear(o, attn.linear_proj.weight), "reduce", tp)
         h = _tp(layer.pre_mlp_layernorm(x), "copy", tp)
-        g, u = F.linear(h, mlp.linear_fc1.weight).chunk(2, dim=-1)
-        x = x + _tp(F.linear(cfg.activation_func(g) * u, mlp.linear_fc2.weight), "reduce", tp)
+        x = x + _tp(F.linear(swiglu(F.linear(h, mlp.linear_fc1.weight), cfg.activation_func),
+                             mlp.linear_fc2.weight), "reduce", tp)
     return gpt.decoder.final_layernorm(x)
 
 

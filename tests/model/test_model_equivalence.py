@@ -184,3 +184,17 @@ def test_forward_and_decoder_tp2_equal_tp1(models, tmp_path):
         with torch.no_grad():
             loss = causal_forward(model, tokens[:, :-1], tokens[:, 1:], vocab_size=tok.vocab_size)
         assert tp2["loss"][0] == pytest.approx(loss[0].tolist(), abs=1e-5)
+
+
+def test_swiglu_backward_writes_one_buffer_with_autograd_bits():
+    """The fused FC1 gradient written in place equals autograd's chunk / silu / mul /
+    concatenation bit for bit (strided halves, a 3-d batch)."""
+    y = torch.randn(3, 5, 2 * 24, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    grad = torch.randn(3, 5, 24, generator=torch.Generator().manual_seed(1))
+    g, u = y.chunk(2, dim=-1)
+    ref_out = torch.nn.functional.silu(g) * u
+    (ref,) = torch.autograd.grad(ref_out, y, grad)
+    out = forward.swiglu(y, torch.nn.functional.silu)
+    (got,) = torch.autograd.grad(out, y, grad)
+    assert out.grad_fn is not None and "SiluGLU" in type(out.grad_fn).__name__
+    assert torch.equal(out, ref_out) and torch.equal(got, ref)
