@@ -62,7 +62,7 @@ def test_echolab_designs(tmp_path):
     assert data == ["data/echo_tg_omi1_omi2-fair", "data/echo_tg_omi1_2xomi2-fair", "data/echo_tg_omi1_4xomi2-fair"]
     # each pretraining once per pretraining seed: base, mini, small, text2x, text4x
     assert len(plan.by_stage("pretrain")) == 5 * 2 and len(plan.by_stage("calibrate")) == 5 * 2
-    assert all("limit=500" in r.argv for r in plan.by_stage("calibrate"))
+    assert all("limit=300" in r.argv for r in plan.by_stage("calibrate"))
     # the shared GRPO level: f2's tiny, f3's 1x, f4's KL 0 and f6's GRPO are the same runs
     shared = (("f2", "tiny"), ("f3", "1x"), ("f4", "0"), ("f6", "grpo"))
     assert len({tuple(m.rl for m in plan.members[f] if m.level == lv) for f, lv in shared}) == 1
