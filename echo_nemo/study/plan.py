@@ -41,7 +41,7 @@ from echo_nemo.launch.grid import label_of
 from echo_nemo.launch.submit import changed_since_done
 from echo_nemo.study.config import FINAL, STAGES, Budget, EvalSpec, StudyConfig
 from echo_nemo.study.context import check_expectations
-from echo_nemo.study.runconf import run_config
+from echo_nemo.study.runconf import run_config, run_overrides
 
 
 @dataclass
@@ -266,10 +266,23 @@ class _Planner:
         return members
 
 
+# Overrides the planner itself writes (seeds, run dirs, the inputs a run reads): their values
+# are always of the right type, so runs that differ only in them validate alike.
+PLANNED_KEYS = ("seed", "train.seed", "model.init", "data.shards", "run_dir")
+
+
 def validate_runs(plan: StudyPlan) -> None:
     """Load every run's recipe with its overrides through the command's own schema, so a typo
-    in a level's override fails before the study starts (as `sweep` does for its points)."""
+    in a level's override fails before the study starts (as `sweep` does for its points).
+    One run stands for all that differ from it only in PLANNED_KEYS (a full echo-lab plan
+    has ~220 runs, ~30 distinct configs)."""
+    seen: set[tuple] = set()
     for r in plan.runs:
+        recipe, overrides = run_overrides(r.argv)
+        shape = (r.stage, recipe, tuple(o for o in overrides if o.partition("=")[0] not in PLANNED_KEYS))
+        if shape in seen:
+            continue
+        seen.add(shape)
         try:
             run_config(r.argv)
         except UserError as e:
