@@ -78,6 +78,7 @@ class FindingView:
     fid: str
     runs: dict[str, dict[str, Any]] = field(init=False)
     _configs: dict[str, Any] = field(init=False, default_factory=dict)  # run key -> its resolved config
+    _code_ratios: list[float] | None = field(init=False, default=None)  # computed once (min and max read it)
 
     def __post_init__(self) -> None:
         self.runs = {r["key"]: r for r in self.plan["runs"]}
@@ -171,6 +172,12 @@ def code_tokens_seen(manifest: dict[str, Any], steps: int, global_batch: int) ->
 def _code_ratios(v: FindingView) -> list[float] | None:
     """Per level: code tokens its pretraining sees over the first level's (upweighting a
     format by adding it keeps this at 1 only when the steps grow with the mixture)."""
+    if v._code_ratios is None:
+        v._code_ratios = _read_code_ratios(v)
+    return v._code_ratios
+
+
+def _read_code_ratios(v: FindingView) -> list[float] | None:
     tokens = []
     for level in v.finding["levels"]:
         pre = v.level_members(level)[0]["pretrain"]
