@@ -143,6 +143,14 @@ class Evaluated:
     name: str
     expectation: Expectation
     outcome: Outcome
+    runs: Mapping[str, Groups] = field(default_factory=dict)  # compared level -> values by pretraining seed
+
+    def by_seed(self) -> str:
+        """Each compared level's mean per pretraining seed, e.g. `1x: 0.120 / 0.310`: two
+        pretrainings that disagree widen the interval less than they should (docs/study.md,
+        Intervals), so the report shows them."""
+        return "; ".join(f"{lv}: " + " / ".join(f"{sum(g) / len(g):+.3f}" for g in groups)
+                         for lv, groups in self.runs.items() if groups) or "-"
 
     def line(self) -> str:
         e, o = self.expectation, self.outcome
@@ -163,7 +171,7 @@ def _interval(e: Expectation, runs: Mapping[str, Groups], seed: int, resamples: 
 
 
 def evaluate(name: str, e: Expectation, runs: Mapping[str, Groups], context: Mapping[str, float] | None = None,
-             *, seed: int = 0, resamples: int = 2000) -> Evaluated:
+             *, seed: int = 0, resamples: int = 10_000) -> Evaluated:
     """The verdict of one expectation: preconditions on `context` first, then the runs each
     compared level needs, then the interval and `stats.verdict`.
 
@@ -177,10 +185,11 @@ def evaluate(name: str, e: Expectation, runs: Mapping[str, Groups], context: Map
         n = sum(len(g) for g in runs.get(lv, []))
         if n < e.min_runs:
             failed.append(f"level {lv}: {n} run(s) measured {e.quantity}, needs >= {e.min_runs}")
+    compared = {lv: runs.get(lv, []) for lv in levels}
     if failed:
-        return Evaluated(name, e, verdict(None, direction=e.direction, failed=failed))
+        return Evaluated(name, e, verdict(None, direction=e.direction, failed=failed), compared)
     iv = _interval(e, runs, seed, resamples)
-    return Evaluated(name, e, verdict(iv, direction=e.direction, null=e.null_value, effect=e.effect))
+    return Evaluated(name, e, verdict(iv, direction=e.direction, null=e.null_value, effect=e.effect), compared)
 
 
 def group_runs(runs: Sequence[tuple[Any, float | None]]) -> list[list[float]]:
@@ -196,7 +205,7 @@ def group_runs(runs: Sequence[tuple[Any, float | None]]) -> list[list[float]]:
 
 def evaluate_all(expectations: Mapping[str, Expectation], values: Mapping[str, Mapping[str, Groups]],
                  context: Mapping[str, float] | None = None, *, seed: int = 0,
-                 resamples: int = 2000) -> list[Evaluated]:
+                 resamples: int = 10_000) -> list[Evaluated]:
     """Every expectation in order; `values[name]` is its level -> Groups (a missing name is
     evaluated on no runs: not testable here)."""
     return [evaluate(name, e, values.get(name, {}), context, seed=seed, resamples=resamples)

@@ -146,7 +146,8 @@ def verdict_row(fid: str, f: dict[str, Any], ev: Evaluated, seeds: str, wall: st
                                           f"{e.null_value:g}, effect {e.effect:g})",
             "verdict": o.verdict,
             "estimate [95% CI]": f"{iv.estimate:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}] ({iv.runs} runs)" if iv else "-",
-            "why": o.reason, "seeds (pretraining x RL)": seeds, "finding's wall time": wall}
+            "why": o.reason, "mean by pretraining seed": ev.by_seed(), "seeds (pretraining x RL)": seeds,
+            "finding's wall time": wall}
 
 
 def level_table(records: list[RunRecord], levels: list[str], bench: str) -> list[dict[str, str]]:
@@ -243,11 +244,11 @@ def findings_markdown(plan: dict[str, Any], sections: list[tuple[str, dict[str, 
         if not rows:
             lines += ["No expectation names this finding.", ""]
             continue
-        lines += ["| expectation | expected (before the runs) | verdict | estimate [95% CI] | why | seeds |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| expectation | expected (before the runs) | verdict | estimate [95% CI] | why "
+                  "| mean by pretraining seed | seeds |", "|---|---|---|---|---|---|---|"]
         for r in rows:
             cells = [r["expectation"], r["expected (before the runs)"], r["verdict"], r["estimate [95% CI]"], r["why"],
-                     r["seeds (pretraining x RL)"]]
+                     r["mean by pretraining seed"], r["seeds (pretraining x RL)"]]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -11,15 +11,26 @@ Interval (percentile bootstrap, hierarchical). For b = 1..B:
     within each drawn group g, draw n_g of its RL-seed values, with replacement;
     T_b = the mean of all drawn values (sum / count; groups weigh by their size)
 
-and the 95% interval is [q_{0.025}(T), q_{0.975}(T)], the empirical quantiles of the B
-statistics (numpy's linear interpolation between order statistics). Resampling the
+and the 95% interval is the expanded percentile interval [q_{a'/2}(T), q_{1-a'/2}(T)], the
+empirical quantiles of the B statistics (numpy's linear interpolation between order
+statistics) at the widened tail a' (`expanded_alpha`):
+
+    Phi^{-1}(1 - a'/2) = sqrt(n / (n - 1)) * t_{n-1}^{-1}(1 - a/2),    a = 1 - level,
+
+n the number of runs. The plain percentile interval (a' = a) is too narrow at a study's
+sizes: the bootstrap's variance of a mean is (n - 1) / n of the unbiased one, and its
+quantiles are normal where a t with n - 1 degrees of freedom is due. Simulated at 2
+pretraining seeds x 3 RL seeds (normal values, 400 designs each), the plain interval covers
+the true mean 87% of the time with no variation between pretrained models and 74% when it
+equals the RL seeds'; the expanded one 92% and 84% (docs/study.md, Intervals). Resampling the
 pretraining seeds first carries the variation between pretrained models into the interval;
 with one pretraining seed the interval reflects RL seeds alone (and understates the
 variation a second pretraining would show). With one value per group it is the ordinary
 bootstrap of a mean over runs.
 
 For a difference of means between two levels A and B, each level is resampled on its own
-(as above, from its own draws of one seeded generator) and T_b = mean_b(B) - mean_b(A).
+(as above, from its own draws of one seeded generator) and T_b = mean_b(B) - mean_b(A);
+the tail is widened with n the smaller level's number of runs.
 Levels are treated as independent; where they share pretrained models (KL or algorithm
 levels of one pretraining) that is conservative (a paired design would be narrower).
 
@@ -109,8 +120,20 @@ def resample_means(groups: Groups, resamples: int, rng: np.random.Generator, wha
     return total / count
 
 
-def _quantiles(stats: np.ndarray, level: float) -> tuple[float, float]:
+def expanded_alpha(runs: int, level: float) -> float:
+    """The widened tail a' of the expanded percentile interval for `runs` values (module
+    docstring): 2 * (1 - Phi(sqrt(n / (n - 1)) * t_{n-1}^{-1}(1 - a/2))); a itself for one run."""
     alpha = 1.0 - level
+    if runs < 2:
+        return alpha
+    from scipy.stats import norm, t  # imported on use: scipy.stats costs ~0.3 s at start-up
+
+    z = float(np.sqrt(runs / (runs - 1)) * t.ppf(1 - alpha / 2, runs - 1))
+    return float(2 * norm.sf(z))
+
+
+def _quantiles(stats: np.ndarray, runs: int, level: float) -> tuple[float, float]:
+    alpha = expanded_alpha(runs, level)
     lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return float(lo), float(hi)
 
@@ -122,25 +145,29 @@ def _check(level: float, resamples: int) -> None:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
 
 
-def mean_interval(groups: Groups, *, seed: int = 0, resamples: int = 2000, level: float = 0.95) -> Interval:
-    """The mean over runs and its hierarchical percentile-bootstrap interval (module docstring)."""
+def mean_interval(groups: Groups, *, seed: int = 0, resamples: int = 10_000, level: float = 0.95) -> Interval:
+    """The mean over runs and its hierarchical expanded-percentile bootstrap interval (module
+    docstring). The widened tails sit far out (0.24% each side at 6 runs): 10,000 resamples
+    put ~24 statistics beyond each quantile."""
     _check(level, resamples)
     rng = np.random.default_rng(seed)
-    lo, hi = _quantiles(resample_means(groups, resamples, rng), level)
-    return Interval(flat_mean(groups), lo, hi, level, resamples, sum(len(g) for g in groups), len(groups))
+    runs = sum(len(g) for g in groups)
+    lo, hi = _quantiles(resample_means(groups, resamples, rng), runs, level)
+    return Interval(flat_mean(groups), lo, hi, level, resamples, runs, len(groups))
 
 
-def difference_interval(a: Groups, b: Groups, *, seed: int = 0, resamples: int = 2000,
+def difference_interval(a: Groups, b: Groups, *, seed: int = 0, resamples: int = 10_000,
                         level: float = 0.95) -> Interval:
     """mean(b) - mean(a) and its interval: T_b = mean_b(b) - mean_b(a), each level resampled
-    on its own from one seeded generator (level a's draws first)."""
+    on its own from one seeded generator (level a's draws first); the tail widened for the
+    smaller level's number of runs."""
     _check(level, resamples)
     rng = np.random.default_rng(seed)
     ta = resample_means(a, resamples, rng, "level a")
     tb = resample_means(b, resamples, rng, "level b")
-    lo, hi = _quantiles(tb - ta, level)
-    return Interval(flat_mean(b) - flat_mean(a), lo, hi, level, resamples,
-                    sum(len(g) for g in a) + sum(len(g) for g in b), len(a) + len(b))
+    runs_a, runs_b = sum(len(g) for g in a), sum(len(g) for g in b)
+    lo, hi = _quantiles(tb - ta, min(runs_a, runs_b), level)
+    return Interval(flat_mean(b) - flat_mean(a), lo, hi, level, resamples, runs_a + runs_b, len(a) + len(b))
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,9 @@ def test_study_report_evaluates_every_expectation_with_its_context(tmp_path):
     assert got["f5_transfer"]["estimate [95% CI]"].startswith("+0.075 [") and "(4 runs)" in got["f5_transfer"][
         "estimate [95% CI]"]
     assert all(r["seeds (pretraining x RL)"] == "2 x 2" for r in rows)
+    # per pretraining seed: RL seeds 0 and 1 gain 0.05 and 0.10 on the hard set from either pretraining
+    assert got["f5_transfer"]["mean by pretraining seed"] == "easy: +0.075 / +0.075"
+    assert got["f3_text"]["mean by pretraining seed"] == "1x: -0.100 / -0.100; 4x: +0.400 / +0.400"
     # f1 needs 1 data build, 2 pretrainings, 2 calibrations, 4 RL runs, 4 + 2 final evals: 15 runs of 60 s
     assert got["f1_collapse"]["finding's wall time"] == "15 min"
     assert all(r["verdict"] in OUTCOMES for r in rows)
@@ -133,6 +136,7 @@ def test_study_report_evaluates_every_expectation_with_its_context(tmp_path):
     assert md.count("| f") == 6 and "## f6: algorithms" in md and "The paper's claim: GRPO like PPO" in md
     assert "| f6_acc | PPO ends more accurate than GRPO (acc_final(ppo) - acc_final(grpo) > 0, effect 0.05) | " \
            "not testable here | - |" in md
+    assert "| easy: +0.075 / +0.075 | 2 x 2 |" in md
 
     png = study / "report" / "f4_format_share.png"
     bands = [_share_of_pixels(png, level_color(i), BAND_ALPHA) for i in range(3)]
@@ -196,10 +200,12 @@ def test_runs_are_grouped_by_pretraining_seed_for_the_interval(tmp_path):
                for (p, s), v in acc.items()]
     e = Expectation(finding="f1", expectation="accuracy above 0.2", quantity="acc_final", null_value=0.2)
     ((ev, ctx),) = evaluate_finding(FindingView(plan.study_dir, saved, "f1"), records, {"f1_acc": e})
-    grouped = mean_interval([[0.30, 0.32, 0.31], [0.70, 0.72, 0.69]])
-    flat = mean_interval([list(acc.values())])
-    assert ctx == {} and ev.outcome.interval == grouped
-    assert (grouped.hi - grouped.lo) > 1.3 * (flat.hi - flat.lo)  # two pretrained models: a wider interval
+    groups = [[0.30, 0.32, 0.31], [0.70, 0.72, 0.69]]
+    assert ctx == {} and ev.outcome.interval == mean_interval(groups)
+    # two pretrained models: a wider interval (compared at 50%: at 95% the widened tails of
+    # both reach the two seeds' means)
+    grouped, flat = mean_interval(groups, level=0.5), mean_interval([list(acc.values())], level=0.5)
+    assert (grouped.hi - grouped.lo) > 1.3 * (flat.hi - flat.lo)
 
 
 def test_a_level_whose_final_eval_is_all_unclassified_has_no_top_format():
