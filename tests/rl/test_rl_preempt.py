@@ -39,6 +39,7 @@ def _steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in read_metrics(run_dir) if r["step"] > 0]
 
 
+@pytest.mark.slow  # three RL processes (~1 min); test_rl_algorithms.py checks resuming by default
 def test_rl_sigterm_saves_exits_75_and_the_rerun_continues_exactly(tmp_path):
     full = tmp_path / "full"
     p = _rl(full, tmp_path / "full.log")
