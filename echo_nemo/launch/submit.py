@@ -54,6 +54,8 @@ from echo_nemo.launch.config import (
 from echo_nemo.launch.grid import Point, expand
 from echo_nemo.launch.status import DONE_MARKER, LOG_DIR, is_done, sweep_status
 
+WALL_LOG = ".sweep_stopped_wall_s"  # JSON list: wall seconds of each sitting that stopped to resume
+
 
 @dataclass
 class SweepPlan:
@@ -184,6 +186,21 @@ def _global_rank() -> int:
     return 0
 
 
+def stopped_sittings(run_dir: Path) -> list[float]:
+    """Wall seconds of the run's earlier sittings that stopped with a resume checkpoint."""
+    path = run_dir / WALL_LOG
+    return [float(x) for x in json.loads(path.read_text())] if path.is_file() else []
+
+
+def record_stopped_sitting(run_dir: Path, seconds: float) -> None:
+    """Add a sitting that stopped with a resume checkpoint (SIGTERM, USR1, the time limit's
+    warning) to the run's wall-time log, so the finished run's wall_s counts it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (WALL_LOG + ".tmp")
+    tmp.write_text(json.dumps([*stopped_sittings(run_dir), round(seconds, 1)]))
+    tmp.replace(run_dir / WALL_LOG)  # atomic: a second stop never loses the first's seconds
+
+
 class PointJob(submitit.helpers.Checkpointable):
     """One grid point: `echo-nemo ARGV` in-process, resuming from its run dir.
 
@@ -206,16 +223,22 @@ class PointJob(submitit.helpers.Checkpointable):
         print(f"[echo-nemo sweep] echo-nemo {shlex.join(self.argv)}", flush=True)
         t0 = time.perf_counter()
         rc = cli_main(self.argv)
+        elapsed = time.perf_counter() - t0
         if rc == preempt.EXIT_REQUEUE:
+            if _global_rank() == 0:
+                record_stopped_sitting(run_dir, elapsed)
             self._after_stop()
         if rc != 0:
             raise RuntimeError(f"`echo-nemo {shlex.join(self.argv)}` exited with code {rc}")
         if _global_rank() == 0:
             marker = run_dir / DONE_MARKER
             marker.parent.mkdir(parents=True, exist_ok=True)
-            # wall_s: the command's wall time in the sitting that finished it (the study sums them)
-            marker.write_text(json.dumps({"finished": time.time(), "wall_s": round(time.perf_counter() - t0, 1),
-                                          "argv": self.argv, "run_dir": self.run_dir}) + "\n")
+            # wall_s: the command's wall time over every sitting of the run, those that stopped
+            # with a resume checkpoint and the one that finished it (the study sums them)
+            earlier = stopped_sittings(run_dir)
+            marker.write_text(json.dumps({"finished": time.time(), "wall_s": round(elapsed + sum(earlier), 1),
+                                          "sittings": len(earlier) + 1, "argv": self.argv,
+                                          "run_dir": self.run_dir}) + "\n")
         return str(run_dir)
 
     def _after_stop(self) -> None:

@@ -58,3 +58,15 @@ profile: local
     assert status.returncode == 0
     assert "failed: 1" in status.stdout and "train.seed-5" in status.stdout
     assert not (tmp_path / "bad" / "train.seed-5" / ".sweep_done").exists()
+
+
+def test_stopped_sittings_add_up_in_the_run_dir(tmp_path):
+    from echo_nemo.launch.submit import WALL_LOG, record_stopped_sitting, stopped_sittings
+
+    run = tmp_path / "run"
+    assert stopped_sittings(run) == []
+    record_stopped_sitting(run, 12.34)
+    record_stopped_sitting(run, 5.0)
+    assert stopped_sittings(run) == [12.3, 5.0]
+    assert json.loads((run / WALL_LOG).read_text()) == [12.3, 5.0]
+    assert sorted(p.name for p in run.iterdir()) == [WALL_LOG]  # no temporary file left

@@ -261,4 +261,7 @@ resources: {{time: "00:10:00"}}
     out = job.paths.stdout.read_text() + job.paths.stderr.read_text()
     assert "requeueing through submitit" in out
     assert [row["step"] for row in read_metrics(run_dir)] == list(range(0, steps + 1))  # 0: eval before
-    assert (run_dir / ".sweep_done").is_file()
+    # the run's wall time counts both sittings: the one stopped by USR1 and the one that finished
+    [first] = json.loads((run_dir / ".sweep_stopped_wall_s").read_text())
+    marker = json.loads((run_dir / ".sweep_done").read_text())
+    assert marker["sittings"] == 2 and marker["wall_s"] > first > 0
