@@ -66,6 +66,7 @@ def study_expectations(study_dir: Path, plan: dict[str, Any]) -> dict[str, Expec
     return load_expectations(study_dir / name) if name else {}
 
 
+SHARING_FILE = ".study_sharing"  # how many local runs shared the cores with this one (written by the study)
 EPOCH_QUANTITIES = ("collapse_epoch", "gain_window_distance")  # they need the RL prompt set's size
 
 
@@ -121,16 +122,28 @@ def needed_runs(view: FindingView) -> list[str]:
     return [r["key"] for r in view.plan["runs"] if r["key"] in need]
 
 
+def run_wall_s(run_dir: Path) -> float | None:
+    """A finished run's share of the wall clock: its wall_s (every sitting) over the number
+    of local runs that shared the cores with it (SHARING_FILE, 1 when absent); None when
+    the run has not recorded a wall time."""
+    marker = run_dir / DONE_MARKER
+    wall = json.loads(marker.read_text()).get("wall_s") if marker.is_file() else None
+    if not isinstance(wall, int | float):
+        return None
+    sharing = run_dir / SHARING_FILE
+    return wall / max(1, int(sharing.read_text())) if sharing.is_file() else float(wall)
+
+
 def wall_time(view: FindingView) -> tuple[float, int, int]:
-    """(seconds summed over the finding's runs that recorded a wall time, those runs, all its runs)."""
-    total, timed = 0.0, 0
-    keys = needed_runs(view)
-    for key in keys:
-        marker = view.study_dir / key / DONE_MARKER
-        wall = json.loads(marker.read_text()).get("wall_s") if marker.is_file() else None
-        if isinstance(wall, int | float):
-            total, timed = total + wall, timed + 1
-    return total, timed, len(keys)
+    """(seconds summed over the finding's runs that recorded a wall time, each its share of
+    the clock (`run_wall_s`), those runs, all its runs)."""
+    walls = [run_wall_s(view.study_dir / key) for key in needed_runs(view)]
+    timed = [w for w in walls if w is not None]
+    return sum(timed), len(timed), len(walls)
+
+
+def _wall_text(seconds: float, timed: int, total: int) -> str:
+    return _clock(seconds) + (f" ({total - timed} of {total} runs not timed yet)" if timed < total else "")
 
 
 def _clock(seconds: float) -> str:
@@ -231,11 +244,13 @@ def _section_html(fid: str, f: dict[str, Any], rows: list[dict[str, str]], conte
     return "".join(parts)
 
 
-def findings_markdown(plan: dict[str, Any], sections: list[tuple[str, dict[str, Any], list[dict[str, str]], str]]
-                      ) -> str:
-    """findings.md: per finding the claim, then per expectation what was expected, the
-    verdict, the estimate with its interval, why, the seeds and the finding's wall time."""
-    lines = [f"# Findings of study {plan['name']} ({plan['budget']})", ""]
+def findings_markdown(plan: dict[str, Any], sections: list[tuple[str, dict[str, Any], list[dict[str, str]], str]],
+                      study_wall: str) -> str:
+    """findings.md: the study's wall time, then per finding the claim, then per expectation
+    what was expected, the verdict, the estimate with its interval, why, the seeds and the
+    finding's wall time."""
+    lines = [f"# Findings of study {plan['name']} ({plan['budget']})", "",
+             f"Wall time from nothing, every run of the study: {study_wall}", ""]
     if plan.get("tuning"):
         lines += [f"RL hyperparameters: {plan['tuning']}", ""]
     for fid, f, rows, wall in sections:
@@ -267,8 +282,7 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
                                             for e in expectations.values()))
         if fid not in plan.get("selected", plan["findings"]) and not records:
             continue  # neither asked for this time nor run before (e.g. by an earlier --only)
-        seconds, timed, total = wall_time(view)
-        wall = _clock(seconds) + (f" ({total - timed} of {total} runs not timed yet)" if timed < total else "")
+        wall = _wall_text(*wall_time(view))
         seeds = f"{len(plan.get('pretrain_seeds', [0]))} x {plan['seeds']}"
         evaluated = evaluate_finding(view, records, expectations)
         rows = [verdict_row(fid, f, ev, seeds, wall) for ev, _ in evaluated]
@@ -289,5 +303,7 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
             "not testable here when a precondition fails (echo_nemo/study/stats.py).</p>",
             "<h2>Verdicts</h2>", f"<div class='verdicts'>{table_html(summary)}</div>", *html_sections]
     (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2))
-    (out / "findings.md").write_text(findings_markdown(plan, md_sections))
+    walls = [run_wall_s(study_dir / r["key"]) for r in plan["runs"]]
+    timed = [w for w in walls if w is not None]
+    (out / "findings.md").write_text(findings_markdown(plan, md_sections, _wall_text(sum(timed), len(timed), len(walls))))
     return write_page(out, title, page)

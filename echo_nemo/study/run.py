@@ -32,7 +32,7 @@ from echo_nemo.launch.config import ClusterProfile, load_profile
 from echo_nemo.launch.submit import LOG_DIR, PointJob, is_done, make_executor
 from echo_nemo.study.config import STAGES
 from echo_nemo.study.plan import StudyPlan, StudyRun
-from echo_nemo.study.report import build_study_report
+from echo_nemo.study.report import SHARING_FILE, build_study_report
 
 POLL_S = 2.0  # how often a local pool looks for a finished run
 
@@ -159,7 +159,10 @@ def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> 
         for item in finished:
             r, job, t0, sharing = item
             running.remove(item)
-            progress.finished(r, _outcome(job), time.perf_counter() - t0, sharing=sharing)
+            outcome = _outcome(job)
+            if outcome == "done":  # the report's wall time from nothing counts wall_s / sharing
+                (r.run_dir / SHARING_FILE).write_text(f"{sharing}\n")
+            progress.finished(r, outcome, time.perf_counter() - t0, sharing=sharing)
         if follow:
             _share_cores(plan, [item[0] for item in running])
 

@@ -13,6 +13,7 @@ from study_helpers import REPO, STUDY, write_study
 from echo_nemo.errors import UserError
 from echo_nemo.launch.submit import DONE_MARKER, changed_since_done, is_done
 from echo_nemo.study.plan import load_study, plan_study, refuse_changed, write_plan
+from echo_nemo.study.report import SHARING_FILE
 from echo_nemo.study.run import (
     Progress,
     _clock,
@@ -188,6 +189,7 @@ def test_a_finished_run_whose_command_changed_is_refused(tmp_path, cli):
     progress = Progress(plan, done=set(), echo=lambda line: None)
     run_stage(plan, "data", "debug", progress)  # a real PointJob writes the marker
     assert built.key in progress.done
+    assert (built.run_dir / SHARING_FILE).read_text() == "1\n"  # it ran alone: its whole wall time counts
     refuse_changed(plan, {built.key})  # unchanged: accepted
 
     moved = tmp_path / "elsewhere"

@@ -220,3 +220,22 @@ def test_a_level_whose_final_eval_is_all_unclassified_has_no_top_format():
                RunRecord("b", 0, 0, after={"final": results({"text": 0.6, "other": 0.4})})]
     rows = level_table(records, ["a", "b"], "echolab")
     assert [r["final top format (runs)"] for r in rows] == ["-", "text x1"]
+
+
+def test_wall_time_counts_each_run_by_its_share_of_the_cores(tmp_path):
+    """Runs that went two at a time count half their wall time each (the study writes how
+    many shared the cores); findings.md opens with the whole study's wall time."""
+    from echo_nemo.study.report import SHARING_FILE
+
+    study = make_study(tmp_path, seeds=2)
+    plan = json.loads((study / "plan.json").read_text())
+    f1_rl = [m["rl"] for m in plan["findings"]["f1"]["members"]]
+    assert len(f1_rl) == 4
+    for key in f1_rl:
+        (study / key / SHARING_FILE).write_text("2\n")
+    build_study_report(study, study / "report")
+    got = {r["expectation"]: r for r in json.loads((study / "report" / "verdicts.json").read_text())}
+    assert got["f1_collapse"]["finding's wall time"] == "13 min"  # 15 runs of 60 s, 4 of them at half
+    md = (study / "report" / "findings.md").read_text()
+    total = len(plan["runs"]) - 2  # every run 60 s, f1's four RL runs 30 s
+    assert total == 94 and "Wall time from nothing, every run of the study: 1 h 34 min\n" in md

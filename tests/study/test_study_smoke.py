@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from echo_nemo.launch.submit import is_done
+from echo_nemo.study.report import SHARING_FILE
 from echo_nemo.study.stats import OUTCOMES
 
 
@@ -46,6 +47,9 @@ def test_smoke_study_runs_every_finding_end_to_end_and_resumes(tmp_path, cli):
     f2 = next(r for r in rows if r["expectation"] == "f2_text_shift")
     assert f2["verdict"] == "not testable here" and "level small: 0 run(s)" in f2["why"]
     assert all("not timed yet" not in r["finding's wall time"] for r in rows)
+    # the smoke budget runs two at a time: an RL run records how many shared the cores
+    sharing = {int((study / k / SHARING_FILE).read_text()) for k, r in runs.items() if r["stage"] == "rl"}
+    assert sharing <= {1, 2} and 2 in sharing
     md = (study / "report" / "findings.md").read_text()
     page = (study / "report" / "index.html").read_text()
     for fid in plan["selected"]:
