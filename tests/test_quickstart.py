@@ -33,7 +33,7 @@ def test_summarize_checks_the_claim():
     assert s["after"]["dominant_format"] == "text"
 
 
-@pytest.mark.long
+@pytest.mark.slow  # the README's first command end to end (~1 min of a 2-core machine): `pytest -m slow`
 def test_smoke_quickstart_end_to_end(tmp_path, cli):
     out = tmp_path / "qs"
     r = cli("quickstart", "--budget", "smoke", "--out", out, "--seed", "3", timeout=900)
