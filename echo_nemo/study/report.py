@@ -134,16 +134,13 @@ def run_wall_s(run_dir: Path) -> float | None:
     return wall / max(1, int(sharing.read_text())) if sharing.is_file() else float(wall)
 
 
-def wall_time(view: FindingView) -> tuple[float, int, int]:
-    """(seconds summed over the finding's runs that recorded a wall time, each its share of
-    the clock (`run_wall_s`), those runs, all its runs)."""
-    walls = [run_wall_s(view.study_dir / key) for key in needed_runs(view)]
+def wall_text(study_dir: Path, keys: list[str]) -> str:
+    """The runs' wall time from nothing: the sum of each one's share of the clock
+    (`run_wall_s`), saying how many have not recorded one yet."""
+    walls = [run_wall_s(study_dir / key) for key in keys]
     timed = [w for w in walls if w is not None]
-    return sum(timed), len(timed), len(walls)
-
-
-def _wall_text(seconds: float, timed: int, total: int) -> str:
-    return _clock(seconds) + (f" ({total - timed} of {total} runs not timed yet)" if timed < total else "")
+    missing = len(walls) - len(timed)
+    return _clock(sum(timed)) + (f" ({missing} of {len(walls)} runs not timed yet)" if missing else "")
 
 
 def _clock(seconds: float) -> str:
@@ -282,7 +279,7 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
                                             for e in expectations.values()))
         if fid not in plan.get("selected", plan["findings"]) and not records:
             continue  # neither asked for this time nor run before (e.g. by an earlier --only)
-        wall = _wall_text(*wall_time(view))
+        wall = wall_text(study_dir, needed_runs(view))
         seeds = f"{len(plan.get('pretrain_seeds', [0]))} x {plan['seeds']}"
         evaluated = evaluate_finding(view, records, expectations)
         rows = [verdict_row(fid, f, ev, seeds, wall) for ev, _ in evaluated]
@@ -303,7 +300,6 @@ def build_study_report(study_dir: str | os.PathLike, out_dir: str | os.PathLike)
             "not testable here when a precondition fails (echo_nemo/study/stats.py).</p>",
             "<h2>Verdicts</h2>", f"<div class='verdicts'>{table_html(summary)}</div>", *html_sections]
     (out / "verdicts.json").write_text(json.dumps(verdicts, indent=2))
-    walls = [run_wall_s(study_dir / r["key"]) for r in plan["runs"]]
-    timed = [w for w in walls if w is not None]
-    (out / "findings.md").write_text(findings_markdown(plan, md_sections, _wall_text(sum(timed), len(timed), len(walls))))
+    study_wall = wall_text(study_dir, [r["key"] for r in plan["runs"]])
+    (out / "findings.md").write_text(findings_markdown(plan, md_sections, study_wall))
     return write_page(out, title, page)
