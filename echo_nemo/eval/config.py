@@ -41,6 +41,9 @@ class EvalConfig:
     label: str = ""  # shown in reports, e.g. "before RL"
     save_samples: bool = True  # samples.jsonl with every generation, its format and reward
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    # over steps: single-checkpoint eval dirs whose results stand in for a step that would
+    # evaluate the same checkpoint with the same settings (a study's final evals)
+    reuse: list[str] = field(default_factory=list)
 
     RENAMED: ClassVar[dict[str, str]] = {"tp": "parallel.tp"}
 

@@ -22,6 +22,12 @@ OUT holds (the run directory contract, one row per checkpoint):
   `time/eval_s`, rebuilt from steps/ (sorted by step) after every step;
 - `config.yaml`.
 
+`reuse` (EvalConfig): single-checkpoint eval dirs (`echo-nemo eval --checkpoint CKPT`). A
+step whose checkpoint one of them evaluated with the same settings, batch size (it seeds the
+samples) and TP takes that eval's results and samples instead of generating them again:
+the same numbers, as the eval is deterministic (tested). A study passes its final evals of
+the run and of its pretraining: the last step and step 0 of every curve.
+
 Resumable: a step whose results file exists is skipped (said on stderr), so an
 interrupted eval picks up where it stopped; a results file made with other settings
 (benchmarks, limit, tokens, sampling) is an error rather than a silent mix. The model
@@ -43,7 +49,7 @@ from tqdm import tqdm
 
 from echo_nemo import checkpoint as C
 from echo_nemo import distributed as D
-from echo_nemo.config import save_config
+from echo_nemo.config import load_saved_config, save_config
 from echo_nemo.errors import UserError
 from echo_nemo.eval.config import EvalConfig
 from echo_nemo.eval.run import (
@@ -152,6 +158,24 @@ def metrics_rows(stored: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
             for step, res in sorted(stored.items())]
 
 
+def reusable(cfg: EvalConfig, want: dict[str, Any]) -> dict[Path, tuple[dict[str, Any], Path]]:
+    """{checkpoint: (results, eval dir)} of the `cfg.reuse` evals made as this one would make
+    them; any other (missing, unreadable, other settings, no samples when samples are kept)
+    is left out and its checkpoint evaluated here."""
+    found: dict[Path, tuple[dict[str, Any], Path]] = {}
+    for d in map(Path, cfg.reuse):
+        try:
+            res = json.loads((d / "results.json").read_text())
+            other = load_saved_config(EvalConfig, d)
+        except (OSError, json.JSONDecodeError, UserError):
+            continue
+        same = (settings(other) == want and other.batch_size == cfg.batch_size
+                and other.parallel.tp == cfg.parallel.tp and not other.over_steps)
+        if same and (not cfg.save_samples or (d / "samples.jsonl").is_file()):
+            found[Path(res["checkpoint"]).resolve()] = (res, d)
+    return found
+
+
 class _Loader:
     """One model object for all checkpoints: built for the first, then loaded into."""
 
@@ -171,6 +195,10 @@ class _Loader:
             if tok_path != self.tok_path:
                 self.tokenizer, self.tok_path = load_tokenizer(tok_path), tok_path
         return self.model, self.tokenizer, int(meta.get("step", 0))
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _note(line: str) -> None:
@@ -203,15 +231,24 @@ def run_eval_steps(cfg: EvalConfig, show_progress: bool = True) -> dict[int, dic
         if cfg.save_samples:
             (out / "samples").mkdir(exist_ok=True)
     loader = _Loader(cfg.parallel.tp)
+    reuse = reusable(cfg, want)
     bar = tqdm(todo, desc=f"eval over steps ({run_dir.name})", unit="ckpt", disable=not (show_progress and main))
     for step, ckpt in bar:
         bar.set_postfix_str(f"step {step}")
-        model, tokenizer, ckpt_step = loader.load(ckpt)
-        results, samples, elapsed = evaluate_benchmarks(model, tokenizer, problems, cfg,
-                                                        show_progress=show_progress and main)
         res = {"label": cfg.label or f"{run_dir.name} step {step}", "checkpoint": str(ckpt), "step": step,
-               "checkpoint_step": ckpt_step, "sampling": dataclasses.asdict(cfg.sampling),
-               "max_new_tokens": cfg.max_new_tokens, "benchmarks": results, "time_s": elapsed, "settings": want}
+               "sampling": dataclasses.asdict(cfg.sampling), "max_new_tokens": cfg.max_new_tokens, "settings": want}
+        found = reuse.get(Path(ckpt).resolve())
+        if found is not None:
+            src, src_dir = found
+            _note(f"step {step}: results of {src_dir} (the same checkpoint and settings)")
+            res.update(checkpoint_step=src["step"], benchmarks=src["benchmarks"], time_s=src["time_s"],
+                       reused_from=str(src_dir))
+            samples = _read_lines(src_dir / "samples.jsonl") if cfg.save_samples else []
+        else:
+            model, tokenizer, ckpt_step = loader.load(ckpt)
+            results, samples, elapsed = evaluate_benchmarks(model, tokenizer, problems, cfg,
+                                                            show_progress=show_progress and main)
+            res.update(checkpoint_step=ckpt_step, benchmarks=results, time_s=elapsed)
         stored[step] = res
         if main:  # samples first: a step counts as done once its results file exists
             if cfg.save_samples:

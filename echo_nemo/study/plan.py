@@ -52,6 +52,7 @@ class StudyRun:
     run_dir: Path
     after: list[str] = field(default_factory=list)  # keys of the runs it needs
     cost: float = 1.0  # expected length in units of the budget's minutes for its stage
+    reuses: list[str] = field(default_factory=list)  # same-stage runs whose results it takes when done
 
     def command(self) -> str:
         return "echo-nemo " + shlex.join(_short(a) for a in self.argv)
@@ -183,7 +184,8 @@ class _Planner:
         self.runs: dict[str, StudyRun] = {}
         self.by_signature: dict[str, str] = {}
 
-    def add(self, stage: str, key: str, signature: Any, argv_of, after: list[str], cost: float = 1.0) -> str:
+    def add(self, stage: str, key: str, signature: Any, argv_of, after: list[str], cost: float = 1.0,
+            reuses: list[str] | None = None) -> str:
         """The key of the run with this content: an earlier one, or a new run named `key`."""
         sig = json.dumps([stage, signature])
         if sig in self.by_signature:
@@ -191,7 +193,7 @@ class _Planner:
         if key in self.runs:  # same name, different content (e.g. one data recipe, two overrides)
             key = f"{key}-{zlib.crc32(sig.encode()) % 16**6:06x}"
         run_dir = self.study_dir / key
-        self.runs[key] = StudyRun(stage, key, argv_of(run_dir), run_dir, after, cost)
+        self.runs[key] = StudyRun(stage, key, argv_of(run_dir), run_dir, after, cost, list(reuses or []))
         self.by_signature[sig] = key
         return key
 
@@ -218,15 +220,20 @@ class _Planner:
         return self.add("calibrate", f"calibrate/{name}/seed-{seed}", [target, over],
                         lambda d: ["calibrate", target, *over, "--out", str(d)], [pre_key])
 
-    def evaluation(self, key: str, spec: EvalSpec, label: str, target: str) -> str:
-        """The key of the eval `spec` (run-dir name and label `label`) of the run `target`."""
+    def evaluation(self, key: str, spec: EvalSpec, label: str, target: str, reuse: list[str] = ()) -> str:
+        """The key of the eval `spec` (run-dir name and label `label`) of the run `target`. An
+        eval over steps takes the results of the evals `reuse` where they measured one of its
+        checkpoints with its settings (echo_nemo.eval.steps), and launches after them."""
         recipe = _recipe(spec.recipe, f"eval {label}")
         over = [*spec.overrides, *self.budget.eval]
         target_dir = str(self.runs[target].run_dir)
+        reuse = list(reuse) if spec.over_steps else []
         steps = ["--all-steps"] if spec.over_steps else []
+        if reuse:
+            over.append("reuse=" + json.dumps([str(self.runs[k].run_dir) for k in reuse]))
         return self.add("eval", key, [recipe, over, target_dir, spec.over_steps],
                         lambda d: ["eval", recipe, *over, "--checkpoint", target_dir, *steps, "--out", str(d),
-                                   "--label", label], [target])
+                                   "--label", label], [target], reuses=reuse)
 
     def evals_of(self, fid: str) -> list[tuple[str, EvalSpec]]:
         """(label, spec) of every eval of the finding's runs: the study's final eval first."""
@@ -260,8 +267,9 @@ class _Planner:
                                       level.cost)
                     m = Member(label, seed, rl_key, before=dict(before), pretrain_seed=pseed, pretrain=pre_key,
                                calibration=cal_key)
-                    for lbl, spec in evals:
-                        m.evals[lbl] = self.evaluation(f"eval/{name[3:]}/{lbl}", spec, lbl, rl_key)
+                    for lbl, spec in evals:  # the final eval first: an eval over steps reuses it
+                        finals = [k for k in (m.evals.get(FINAL), before.get(FINAL)) if k]
+                        m.evals[lbl] = self.evaluation(f"eval/{name[3:]}/{lbl}", spec, lbl, rl_key, finals)
                     members.append(m)
         return members
 

@@ -104,8 +104,9 @@ def _outcome(job) -> str:
 
 def launch_order(runs: list[StudyRun]) -> list[StudyRun]:
     """Longest first (by `cost`; plan order among equals): a pool of slots then ends on
-    short runs, not on one long run alone while the other slots idle."""
-    return sorted(runs, key=lambda r: -r.cost)
+    short runs, not on one long run alone while the other slots idle. Runs that reuse other
+    runs' results (evals over steps) go after all the others, so those are there to reuse."""
+    return sorted(runs, key=lambda r: (bool(r.reuses), -r.cost))
 
 
 def run_stage(plan: StudyPlan, stage: str, cluster: str, progress: Progress) -> None:

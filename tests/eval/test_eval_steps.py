@@ -110,6 +110,33 @@ def test_eval_over_steps_one_row_per_step_resumes_and_skips(rl_run, tmp_path, ca
     assert _mtimes(out)["step_2.json"] and len(_lines(out / "metrics.jsonl")) == 4
 
 
+def test_a_step_takes_the_results_of_an_eval_of_its_checkpoint_made_alike(rl_run, tmp_path, capsys):
+    fresh = run_eval_steps(_cfg(rl_run, tmp_path / "fresh"), show_progress=False)
+    last = tmp_path / "last"  # the run's final eval (its latest checkpoint: step 4)
+    run_eval(_cfg(rl_run, last, all_steps=False), show_progress=False)
+    init = tmp_path / "init"  # the pretraining's
+    run_eval(_cfg(rl_run.parent / "pre", init, all_steps=False), show_progress=False)
+    other = tmp_path / "other"  # step 1 evaluated with other settings: not reused
+    run_eval(_cfg(rl_run / "checkpoints" / "step_1", other, all_steps=False, max_new_tokens=7), show_progress=False)
+    out = tmp_path / "reused"
+    capsys.readouterr()
+    stored = run_eval_steps(_cfg(rl_run, out, reuse=[str(last), str(init), str(other), str(tmp_path / "nothing")]),
+                            show_progress=False)
+    err = capsys.readouterr().err
+    assert f"step 4: results of {last}" in err and f"step 0: results of {init}" in err and "step 1: results" not in err
+    assert [stored[s].get("reused_from") for s in (0, 1, 4)] == [str(init), None, str(last)]
+    # the same numbers and samples as evaluating the steps, and the same metrics rows
+    for s in (0, 1, 4):
+        assert stored[s]["benchmarks"] == fresh[s]["benchmarks"]
+        assert stored[s]["checkpoint_step"] == fresh[s]["checkpoint_step"]
+        assert _lines(out / "samples" / f"step_{s}.jsonl") == _lines(tmp_path / "fresh" / "samples" / f"step_{s}.jsonl")
+    strip = [{k: v for k, v in r.items() if k != "time/eval_s"} for r in _lines(out / "metrics.jsonl")]
+    assert strip == [{k: v for k, v in r.items() if k != "time/eval_s"} for r in _lines(tmp_path / "fresh" / "metrics.jsonl")]
+    # another batch size draws other samples: not reused
+    stored = run_eval_steps(_cfg(rl_run, tmp_path / "b2", batch_size=2, reuse=[str(last)]), show_progress=False)
+    assert stored[4].get("reused_from") is None
+
+
 def test_which_steps_and_bad_run_dirs(rl_run, tmp_path):
     assert [s for s, _ in plan_steps(rl_run)] == [0, 1, 4]
     assert [s for s, _ in plan_steps(rl_run / "checkpoints", [4, 2])] == [2, 4]

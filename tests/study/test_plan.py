@@ -64,6 +64,14 @@ def test_plan_shares_pretraining_and_expands_levels_by_pretraining_and_rl_seed(t
     assert before.after == ["pretrain/text4x/seed-0"] and before.argv[1] == final.argv[1]  # the same eval
     ev = runs["eval/f4/1.0/pretrain-0/seed-0/steps"]
     assert ev.after == ["rl/f4/1.0/pretrain-0/seed-0"] and "--all-steps" in ev.argv
+    # an eval over steps takes its last step and step 0 from the run's and the pretraining's
+    # final evals, and launches after every other eval
+    finals = ["eval/f4/1.0/pretrain-0/seed-0/final", "eval/pretrain/base/seed-0/final"]
+    assert ev.reuses == finals
+    assert "reuse=" + json.dumps([str(runs[k].run_dir) for k in finals]) in ev.argv
+    assert not final.reuses and not any(a.startswith("reuse=") for a in final.argv)
+    order = launch_order(plan.by_stage("eval"))
+    assert {r.key for r in order[-18:]} == {r.key for r in plan.by_stage("eval") if r.reuses}
     assert plan.study_dir == (tmp_path / "out" / "mini" / "full").resolve()
     saved = json.loads(write_plan(plan).read_text())
     assert saved["pretrain_seeds"] == [0, 1] and saved["final_eval"] == "final"

@@ -38,6 +38,10 @@ def test_smoke_study_runs_every_finding_end_to_end_and_resumes(tmp_path, cli):
     f4 = plan["findings"]["f4"]["members"][0]
     assert len(json.loads((study / f4["rl"] / "metrics.jsonl").read_text().splitlines()[0])) > 1
     assert (study / f4["evals"]["over_steps"] / "metrics.jsonl").is_file()
+    # its curve's ends are the final evals of the pretrained model and of the run, not evaluated again
+    ends = sorted((study / f4["evals"]["over_steps"] / "steps").glob("step_*.json"), key=lambda p: int(p.stem[5:]))
+    reused = [json.loads(p.read_text()).get("reused_from") for p in (ends[0], ends[-1])]
+    assert reused == [str(study / f4["before"]["final"]), str(study / f4["evals"]["final"])]
 
     expectations = yaml.safe_load((study / "expectations.yaml").read_text())["expectations"]
     rows = json.loads((study / "report" / "verdicts.json").read_text())
