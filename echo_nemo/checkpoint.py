@@ -171,12 +171,11 @@ def _sharded_state(
         steps = [float(s["step"]) for s in osd["state"].values() if "step" in s]
         # a param that has not stepped yet (the policy during PPO's critic warm-up) has no
         # moments: save zeros, what a fresh AdamW starts from and what a load expects
-        for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        for i, p in enumerate(params):
             if "exp_avg" not in osd["state"].get(i, {}):
                 osd["state"][i] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-        id_map = get_param_id_to_sharded_param_map(
-            model_sd, (p for g in optimizer.param_groups for p in g["params"])
-        )
+        id_map = get_param_id_to_sharded_param_map(model_sd, params)
         optim_state_to_sharding_state(osd, id_map, exclude_keys=("step",))
         osd["adam_step"] = max(steps) if steps else 0.0
         state["optimizer"] = osd
