@@ -5,7 +5,9 @@ any other before anything runs):
 
     calibration/<k>    the calibrate stage's `Calibration.context()` of the pretraining of
                        the finding's first level, the mean over its pretraining seeds
-                       (e.g. calibration/gap_top2: the two most accurate formats' gap)
+                       (e.g. calibration/gap_top2: the two most accurate formats' gap);
+                       `calibration/<k>@<level>` reads that level's pretraining instead
+                       (a scale finding's base size need not be its first level)
     acc_before/min     min over the finding's levels of the pretrained model's final-eval
                        pass@1 on its first benchmark (each level: the mean over its
                        pretraining seeds)
@@ -260,9 +262,11 @@ DESIGN: dict[str, Callable[[FindingView, Expectation], float | None]] = {
 
 # ----------------------------------------------------------------------------- measured
 def _calibration(v: FindingView, key: str) -> float | None:
-    """Mean over pretraining seeds of the first level's calibration context[key]."""
-    first = v.level_members(v.finding["levels"][0])
-    cals = dict.fromkeys(m["calibration"] for m in first if m.get("calibration"))
+    """Mean over pretraining seeds of the calibration context[key] of the level after `@`
+    in the key, or of the finding's first level."""
+    key, _, level = key.partition("@")
+    members = v.level_members(level or v.finding["levels"][0])
+    cals = dict.fromkeys(m["calibration"] for m in members if m.get("calibration"))
     return _mean([((read_json(v.study_dir / c / "calibration.json") or {}).get("context") or {}).get(key)
                   for c in cals])
 
@@ -328,6 +332,10 @@ def check_expectations(cfg: StudyConfig) -> dict[str, Expectation]:
             if not known_context(p.quantity):
                 raise UserError(f"{where}: precondition on {p.quantity!r}, which the study does not compute "
                                 f"(calibration/*, {', '.join(ACC_BEFORE)}, design/{{{', '.join(DESIGN)}}})")
+            level = p.quantity.partition("@")[2] if p.quantity.startswith("calibration/") else ""
+            if level and level not in f.levels:
+                raise UserError(f"{where}: precondition on {p.quantity!r} names level {level!r}, not a level of "
+                                f"{e.finding} ({', '.join(f.levels)})")
     return expectations
 
 

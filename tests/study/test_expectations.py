@@ -29,7 +29,7 @@ def test_the_echolab_expectations_load_for_all_six_findings():
     assert exps["f1_coincides"].quantity == "gain_window_distance"  # two-sided: a distance to the window
     assert all(any(p.quantity == "design/same_final_eval" for p in exps[k].preconditions)
                for k in ("f6_grpo_collapses", "f6_ei_mild", "f6_ei_underperforms"))
-    gap = [p for p in exps["f2_text_shift"].preconditions if p.quantity == "calibration/gap_top2"]
+    gap = [p for p in exps["f2_text_shift"].preconditions if p.quantity == "calibration/gap_top2@tiny"]
     assert gap and gap[0].value == 0.05
 
 
@@ -61,7 +61,7 @@ def _groups(mean: float, seed: int, sd: float = 0.03) -> list[list[float]]:
 def test_evaluate_gives_each_outcome_with_the_expectation_beside_it():
     exps = load_expectations(RECIPE)
     e = exps["f2_text_shift"]
-    ok = {"calibration/gap_top2": 0.03, "acc_before/min": 0.4, "design/param_ratio": 4.5}
+    ok = {"calibration/gap_top2@tiny": 0.03, "acc_before/min": 0.4, "design/param_ratio": 4.5}
     res = evaluate("f2_text_shift", e, {"mini": _groups(-0.2, 1), "small": _groups(0.3, 2)}, ok)
     assert res.outcome.verdict == HOLDS and res.outcome.interval.estimate == pytest.approx(0.5, abs=0.05)
     assert e.expectation in res.line() and "holds" in res.line() and "text_share_change(small)" in res.line()
@@ -72,7 +72,7 @@ def test_evaluate_gives_each_outcome_with_the_expectation_beside_it():
     assert res.outcome.verdict == INCONCLUSIVE
     # formats 12 points apart before RL: not testable here, with the reason
     res = evaluate("f2_text_shift", e, {"mini": _groups(-0.2, 1), "small": _groups(0.3, 2)},
-                   {**ok, "calibration/gap_top2": 0.12})
+                   {**ok, "calibration/gap_top2@tiny": 0.12})
     assert res.outcome.verdict == NOT_TESTABLE and "within 5 points" in res.outcome.reason
     assert "0.12" in res.outcome.reason and res.outcome.interval is None
     # a precondition quantity never measured, and a level with too few runs
@@ -99,7 +99,7 @@ def test_group_runs_evaluate_all_and_the_table():
 
     assert group_runs([(0, 0.1), (1, 0.5), (0, 0.2), (1, None), (2, None)]) == [[0.1, 0.2], [0.5]]
     exps = load_expectations(RECIPE)
-    ctx = {"calibration/gap_top2": 0.02, "acc_before/min": 0.3, "design/param_ratio": 5.9}
+    ctx = {"calibration/gap_top2": 0.02, "calibration/gap_top2@tiny": 0.02, "acc_before/min": 0.3, "design/param_ratio": 5.9}
     values = {"f2_small_to_code": {"mini": group_runs([(0, -0.4), (0, -0.3), (0, -0.35), (1, -0.3), (1, -0.45),
                                                       (1, -0.4)])}}
     done = evaluate_all(exps, values, ctx, resamples=500)

@@ -364,6 +364,7 @@ def test_a_runs_thread_count_depends_on_the_pool_not_on_timing_unless_cores_are_
     ("eval: hard", "eval: harder", "reads eval 'harder', which finding f5 does not have"),
     ("eval: steps", "eval: final", "passk_late_drop reads an eval over steps; eval 'final' is not one"),
     ("design/checkpoints", "design/checkpoint", "precondition on 'design/checkpoint', which the study does not"),
+    ("calibration/gap_top2, op", "calibration/gap_top2@8x, op", "names level '8x', not a level of f3 (1x, 4x)"),
 ])
 def test_expectations_that_do_not_fit_the_study_exit_2_before_anything_runs(tmp_path, cli, old, new, needle):
     from study_helpers import EXPECTATIONS

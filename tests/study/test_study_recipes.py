@@ -103,7 +103,7 @@ def test_echolab_context_of_the_design(tmp_path):
     assert ctx("f5", "f5_transfer") == {"acc_before/hard": None, "design/steps_gap": 1.0}  # 3-step vs 1-2
     assert ctx("f6", "f6_ei_underperforms") == {"design/same_final_eval": 1.0, "design/ppo_critic_warmup_steps": 5.0}
     # measured ones wait for their runs: the data builds' manifests, the calibrations
-    assert ctx("f2", "f2_text_shift") == {"calibration/gap_top2": None, "design/param_ratio": None}
+    assert ctx("f2", "f2_text_shift") == {"calibration/gap_top2@tiny": None, "design/param_ratio": None}
     # the fair builds' tokens: the code sources alike at every level, text 1x / 2x / 4x
     for name, k in (("echo_tg_omi1_omi2-fair", 1), ("echo_tg_omi1_2xomi2-fair", 2), ("echo_tg_omi1_4xomi2-fair", 4)):
         (plan.study_dir / "data" / name).mkdir(parents=True)

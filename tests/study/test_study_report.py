@@ -20,6 +20,7 @@ from study_helpers import (
 
 from echo_nemo.report.plots import BAND_ALPHA, level_color
 from echo_nemo.study.context import FindingView, context
+from echo_nemo.study.expectations import Precondition
 from echo_nemo.study.plan import load_study, plan_study, write_plan
 from echo_nemo.study.report import build_study_report, study_expectations
 from echo_nemo.study.stats import OUTCOMES
@@ -56,7 +57,7 @@ def make_study(tmp_path: Path, seeds: int, base_acc: float = 0.05) -> Path:
         mark_done(r.run_dir, WALL_S)
     for r in plan.by_stage("calibrate"):
         (r.run_dir).mkdir(parents=True)
-        gap = 0.02 + 0.01 * int(r.key[-1])  # seeds 0 and 1: 0.02 and 0.03
+        gap = 0.02 + 0.01 * int(r.key[-1]) + 0.1 * ("text4x" in r.key)  # base: 0.02, 0.03; text4x: 0.12, 0.13
         (r.run_dir / "calibration.json").write_text(json.dumps({"context": {"calibration/gap_top2": gap}}))
     for r in plan.by_stage("data") + plan.by_stage("calibrate"):
         mark_done(r.run_dir, WALL_S)
@@ -117,6 +118,10 @@ def test_study_report_evaluates_every_expectation_with_its_context(tmp_path):
     f3 = FindingView(study, plan, "f3")
     ctx = context(f3, study_expectations(study, plan)["f3_text"])
     assert ctx == {"calibration/gap_top2": pytest.approx(0.025), "design/code_tokens_ratio_min": 1.0}
+    # `@level` reads another level's pretraining than the first
+    e = study_expectations(study, plan)["f3_text"]
+    e.preconditions = [Precondition("calibration/gap_top2@4x", "<=", 0.05)]
+    assert context(f3, e) == {"calibration/gap_top2@4x": pytest.approx(0.125)}
 
     table = page[page.index("<h2>Verdicts</h2>"): page.index("</table>")]
     assert table.count("<tr>") == 7 and table.count("<td>holds</td>") == 4
