@@ -261,10 +261,16 @@ DESIGN: dict[str, Callable[[FindingView, Expectation], float | None]] = {
 
 
 # ----------------------------------------------------------------------------- measured
-def _calibration(v: FindingView, key: str) -> float | None:
+def calibration_level(quantity: str) -> tuple[str, str]:
+    """`calibration/<k>@<level>` -> (`calibration/<k>`, level); no `@`: the level is ""."""
+    key, _, level = quantity.partition("@")
+    return key, level
+
+
+def _calibration(v: FindingView, quantity: str) -> float | None:
     """Mean over pretraining seeds of the calibration context[key] of the level after `@`
-    in the key, or of the finding's first level."""
-    key, _, level = key.partition("@")
+    in the quantity, or of the finding's first level."""
+    key, level = calibration_level(quantity)
     members = v.level_members(level or v.finding["levels"][0])
     cals = dict.fromkeys(m["calibration"] for m in members if m.get("calibration"))
     return _mean([((read_json(v.study_dir / c / "calibration.json") or {}).get("context") or {}).get(key)
@@ -332,7 +338,7 @@ def check_expectations(cfg: StudyConfig) -> dict[str, Expectation]:
             if not known_context(p.quantity):
                 raise UserError(f"{where}: precondition on {p.quantity!r}, which the study does not compute "
                                 f"(calibration/*, {', '.join(ACC_BEFORE)}, design/{{{', '.join(DESIGN)}}})")
-            level = p.quantity.partition("@")[2] if p.quantity.startswith("calibration/") else ""
+            level = calibration_level(p.quantity)[1] if p.quantity.startswith("calibration/") else ""
             if level and level not in f.levels:
                 raise UserError(f"{where}: precondition on {p.quantity!r} names level {level!r}, not a level of "
                                 f"{e.finding} ({', '.join(f.levels)})")
